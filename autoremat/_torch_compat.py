@@ -1,0 +1,191 @@
+"""Every private torch API autoremat touches, imported in one place.
+
+Why a single module: torch's partitioner internals move between releases (we support torch >= 2.11 and
+develop against 2.13). When an import or a signature changes, this is the only file to edit, and each
+shim below says what differs between versions. Nothing outside this module imports ``torch._*``.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+import torch.fx as fx
+from torch._dynamo.backends.common import aot_autograd
+from torch._functorch import config as functorch_config
+from torch._functorch._aot_autograd.utils import (
+    _is_bwd_seed_offset,
+    _is_fwd_seed_offset,
+    _is_primal,
+    _is_tangent,
+    is_with_effects,
+)
+from torch._functorch.aot_autograd import make_boxed_func
+from torch._functorch.compile_utils import fx_graph_cse, raise_getitems
+from torch._functorch.partitioners import (
+    _extract_fwd_bwd_modules,
+    min_cut_rematerialization_partition,
+    reordering_to_mimic_autograd_engine,
+)
+from torch._inductor import config as inductor_config
+from torch._inductor.compile_fx import compile_fx
+from torch._inductor.custom_graph_pass import CustomPartitionerFn, get_hash_for_files
+from torch._inductor.decomposition import select_decomp_table
+from torch._logging import trace_structured
+from torch.fx.experimental.proxy_tensor import is_sym_node, py_sym_types
+from torch.utils.checkpoint import CheckpointPolicy
+
+try:  # torch >= 2.12 renamed hint_int to optimization_hint.
+    from torch.fx.experimental.symbolic_shapes import optimization_hint as _hint
+except ImportError:  # pragma: no cover - torch 2.11
+    from torch.fx.experimental.symbolic_shapes import hint_int as _hint
+
+try:  # graph-safe RNG threading for HOP bodies appeared after 2.11.
+    from torch._functorch.partitioners import thread_graphsafe_rng_from_hops
+except ImportError:  # pragma: no cover - torch 2.11
+    thread_graphsafe_rng_from_hops = None
+
+try:
+    from torch._functorch._aot_autograd.graph_compile import is_opaque_node
+except ImportError:  # pragma: no cover - older layout
+
+    def is_opaque_node(node: Any) -> bool:
+        return False
+
+
+__all__ = [
+    "CheckpointPolicy",
+    "CustomPartitionerFn",
+    "aot_autograd",
+    "collective_namespace",
+    "compile_fx",
+    "extract_fwd_bwd_modules",
+    "functorch_config",
+    "fx_graph_cse",
+    "get_hash_for_files",
+    "hint_int",
+    "inductor_config",
+    "inductor_mode_options",
+    "is_bwd_seed_offset",
+    "is_fwd_seed_offset",
+    "is_opaque_node",
+    "is_primal",
+    "is_sym_node",
+    "is_tangent",
+    "is_with_effects",
+    "make_boxed_func",
+    "partitioner_tag",
+    "polish_partitioned_modules",
+    "py_sym_types",
+    "select_decomp_table",
+    "torch_min_cut_partition",
+    "trace_structured",
+]
+
+is_primal = _is_primal
+is_tangent = _is_tangent
+is_fwd_seed_offset = _is_fwd_seed_offset
+is_bwd_seed_offset = _is_bwd_seed_offset
+torch_min_cut_partition = min_cut_rematerialization_partition
+
+#: Namespace of functional collectives; DESIGN §3 forbids recomputing them untagged.
+collective_namespace = "_c10d_functional"
+
+
+def hint_int(value: Any, fallback: int = 4096) -> int:
+    """Concrete value of a possibly symbolic int, using the shape env's hint and never guarding.
+
+    ``fallback`` is what torch's own partitioner assumes for unbacked sizes (no hint at all).
+    """
+    if isinstance(value, int):
+        return value
+    return int(_hint(value, fallback=fallback))
+
+
+def partitioner_tag(node: fx.Node) -> str | None:
+    """AOTAutograd's placement tag (is_forward / is_backward / must_be_in_*), if any."""
+    return node.meta.get("partitioner_tag")
+
+
+def inductor_mode_options(mode: str | None) -> dict[str, Any]:
+    """Inductor config patches for a ``torch.compile`` mode string (``None`` → none)."""
+    if mode is None or mode == "default":
+        return {}
+    from torch._inductor import list_mode_options
+
+    return dict(list_mode_options(mode))
+
+
+def inductor_mode_names() -> tuple[str, ...]:
+    """Accepted ``mode=`` strings, as torch defines them."""
+    from torch._inductor import list_mode_options
+
+    return ("default", *sorted(m for m in list_mode_options() if m != "default"))
+
+
+_EXTRACT_PARAMS = frozenset(inspect.signature(_extract_fwd_bwd_modules).parameters)
+
+
+def extract_fwd_bwd_modules(
+    joint_module: fx.GraphModule,
+    saved_values: list[fx.Node],
+    saved_sym_nodes: list[fx.Node],
+    saved_opaque_nodes: list[fx.Node],
+    *,
+    num_fwd_outputs: int,
+    static_lifetime_input_nodes: Sequence[fx.Node],
+) -> tuple[fx.GraphModule, fx.GraphModule]:
+    """Split the joint graph given the saved set, honouring AOTAutograd's output contract.
+
+    torch 2.11 has no ``saved_opaque_nodes`` parameter; there opaque nodes never occur.
+    """
+    from torch.utils._ordered_set import OrderedSet
+
+    kwargs: dict[str, Any] = {
+        "num_fwd_outputs": num_fwd_outputs,
+        "static_lifetime_input_nodes": OrderedSet(static_lifetime_input_nodes),
+    }
+    if "saved_opaque_nodes" in _EXTRACT_PARAMS:
+        kwargs["saved_opaque_nodes"] = saved_opaque_nodes
+    return _extract_fwd_bwd_modules(joint_module, saved_values, saved_sym_nodes, **kwargs)
+
+
+def polish_partitioned_modules(
+    fw_module: fx.GraphModule, bw_module: fx.GraphModule
+) -> tuple[fx.GraphModule, fx.GraphModule]:
+    """torch's post-split hygiene: backward in autograd-engine order, getitems hoisted, HOP RNG threaded.
+
+    These change scheduling only, never which values are saved, so reusing torch's passes keeps our
+    graphs shaped like the ones Inductor is tuned for.
+    """
+    bw_module = reordering_to_mimic_autograd_engine(bw_module)
+    fw_module = raise_getitems(fw_module)
+    bw_module = raise_getitems(bw_module)
+    if thread_graphsafe_rng_from_hops is not None:
+        fw_module = thread_graphsafe_rng_from_hops(fw_module, is_backward=False)
+        bw_module = thread_graphsafe_rng_from_hops(bw_module, is_backward=True)
+    return fw_module, bw_module
+
+
+def is_higher_order_op(target: Any) -> bool:
+    return isinstance(target, torch._ops.HigherOrderOperator)
+
+
+def is_op_overload(target: Any) -> bool:
+    return isinstance(target, torch._ops.OpOverload)
+
+
+def boxed_nop(gm: fx.GraphModule, example_inputs: Sequence[Any]) -> Callable[..., Any]:
+    """A 'compiler' that runs the graph as is (the codegen-free path)."""
+    return make_boxed_func(gm.forward)
+
+
+def torch_default_partition(
+    joint_module: fx.GraphModule, joint_inputs: Sequence[object], **kwargs: Any
+) -> tuple[fx.GraphModule, fx.GraphModule]:
+    """torch's no-recompute partitioner: the reference tests compare against (saves everything)."""
+    from torch._functorch.partitioners import default_partition
+
+    return default_partition(joint_module, joint_inputs, **kwargs)

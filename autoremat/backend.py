@@ -1,0 +1,87 @@
+"""The ``torch.compile`` entry point: options → Inductor (or the codegen-free path) with our partitioner.
+
+``torch.compile(model, backend="autoremat", options={...})`` resolves through the
+``torch_dynamo_backends`` entry point to :func:`autoremat_backend`. Options travel to Inductor as
+``config_patches`` rather than a ``with config.patch(...)`` block because Inductor compiles the backward
+lazily, on the first backward call, long after any ``with`` block has exited.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import torch.fx as fx
+
+from autoremat import _torch_compat as compat
+from autoremat.options import RematOptions, resolve_options
+from autoremat.passes.partitioner import RematPartitioner
+
+CompiledFn = Callable[..., Any]
+
+
+def compile_graph(gm: fx.GraphModule, example_inputs: Sequence[Any], options: RematOptions) -> CompiledFn:
+    """Compile one Dynamo graph under ``options``."""
+    partitioner = RematPartitioner(options)
+    if options.compiler == "eager":
+        return codegen_free_backend(partitioner)(gm, example_inputs)
+    patches: dict[str, Any] = {
+        **compat.inductor_mode_options(options.mode),
+        **dict(options.inductor_options),
+        "custom_partitioner_fn": partitioner,
+    }
+    return compat.compile_fx(gm, example_inputs, config_patches=patches)
+
+
+def codegen_free_backend(partition_fn: Callable[..., Any]) -> Callable[..., CompiledFn]:
+    """AOTAutograd with ``partition_fn`` whose graphs run eagerly (like torch's ``aot_eager``).
+
+    It uses Inductor's decompositions so the partitioner sees the graphs it sees in production; tests
+    and benchmarks use it to run torch's partitioners on exactly the same joint graphs as ours.
+    """
+    return compat.aot_autograd(
+        fw_compiler=compat.boxed_nop,
+        bw_compiler=compat.boxed_nop,
+        partition_fn=partition_fn,
+        decompositions=compat.select_decomp_table(),
+        keep_inference_input_mutations=True,
+    )
+
+
+def autoremat_backend(
+    gm: fx.GraphModule,
+    example_inputs: Sequence[Any],
+    *,
+    mode: str | None = None,
+    options: Mapping[str, Any] | None = None,
+) -> CompiledFn:
+    """What ``torch.compile(..., backend="autoremat")`` calls (registered as an entry point)."""
+    return compile_graph(gm, example_inputs, resolve_options(options, mode=mode))
+
+
+class RematBackend:
+    """A configured backend callable: ``torch.compile(model, backend=autoremat.backend(...))``.
+
+    Options are validated when it is built, so mistakes surface at the call site.
+    """
+
+    __name__ = "autoremat"
+
+    def __init__(self, options: RematOptions) -> None:
+        self.options = options
+
+    def __call__(self, gm: fx.GraphModule, example_inputs: Sequence[Any], **kwargs: Any) -> CompiledFn:
+        if kwargs.get("options") or kwargs.get("mode"):
+            raise ValueError(
+                "autoremat.backend(...) is already configured; pass options to autoremat.backend(), "
+                "not to torch.compile(options=...)"
+            )
+        return compile_graph(gm, example_inputs, self.options)
+
+    def __repr__(self) -> str:
+        return f"autoremat.backend({self.options})"
+
+
+def backend(**options: Any) -> RematBackend:
+    """A validated backend; raises ValueError for bad options (see README for the list)."""
+    return RematBackend(resolve_options(options))

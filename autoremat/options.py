@@ -1,0 +1,269 @@
+"""User options: parsing, validation, environment configuration and the cache-key fingerprint.
+
+Options arrive three ways: ``torch.compile(..., options={...})``, ``autoremat.backend(**options)`` and
+``AUTOREMAT_*`` environment variables (for trainers that only pass a backend name, e.g. torchtitan's
+``--compile.backend``). Explicit options win over the environment, which wins over defaults. Everything
+is validated here, once, so that a typo fails at the user's call site with a ``ValueError`` naming the
+option, the bad value and what is accepted, never deep inside a compile.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from autoremat import _torch_compat as compat
+
+COMPILERS = ("inductor", "eager")
+ENV_PREFIX = "AUTOREMAT_"
+
+_UNITS = {
+    "B": 1,
+    "KB": 10**3,
+    "MB": 10**6,
+    "GB": 10**9,
+    "TB": 10**12,
+    "KIB": 2**10,
+    "MIB": 2**20,
+    "GIB": 2**30,
+    "TIB": 2**40,
+}
+_SIZE_RE = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:[eE][+-]?[0-9]+)?)\s*([A-Za-z]*)\s*$")
+_BUDGET_ACCEPTS = (
+    "a float in [0, 1], a byte count (int >= 0), a size string such as '2.5GiB' or '512MB', or 'auto'"
+)
+
+
+@dataclass(frozen=True)
+class MemoryBudget:
+    """The user's memory knob, normalised.
+
+    ``kind`` is ``"fraction"`` (torch's meaning: 0 = least activation memory the graph allows, 1 = the
+    runtime-optimal plan, interpolated on activation bytes), ``"bytes"`` (an absolute cap) or ``"auto"``.
+    """
+
+    kind: Literal["fraction", "bytes", "auto"]
+    value: float | int | None = None
+
+    def describe(self) -> str:
+        if self.kind == "fraction":
+            return f"{self.value:g}"
+        if self.kind == "bytes":
+            return f"{self.value} bytes"
+        return "auto"
+
+
+@dataclass(frozen=True)
+class RematOptions:
+    """Frozen, validated options for one backend instance; hashable and cheap to fingerprint."""
+
+    memory_budget: MemoryBudget = field(default_factory=lambda: MemoryBudget("fraction", 1.0))
+    compiler: str = "inductor"
+    mode: str | None = None
+    strict: bool = False
+    inductor_options: tuple[tuple[str, Any], ...] = ()
+
+    def fingerprint(self) -> str:
+        """Stable digest of every field; part of the partitioner's cache key."""
+        text = repr(
+            (
+                self.memory_budget.kind,
+                self.memory_budget.value,
+                self.compiler,
+                self.mode,
+                self.strict,
+                tuple((k, repr(v)) for k, v in self.inductor_options),
+            )
+        )
+        return hashlib.sha256(text.encode()).hexdigest()
+
+
+def parse_size(value: Any, *, option: str = "memory_budget") -> int:
+    """Bytes from an int or a size string ('2.5GiB', '512MB', '1e9'); raises ValueError otherwise."""
+    if isinstance(value, bool):
+        raise ValueError(f"autoremat option {option}={value!r} is invalid: expected {_BUDGET_ACCEPTS}")
+    if isinstance(value, int):
+        if value < 0:
+            raise ValueError(f"autoremat option {option}={value!r} is invalid: a byte budget must be >= 0")
+        return value
+    if isinstance(value, str):
+        match = _SIZE_RE.match(value)
+        if match:
+            number, unit = float(match.group(1)), (match.group(2) or "B").upper()
+            if unit in _UNITS and math.isfinite(number):
+                return int(number * _UNITS[unit])
+        raise ValueError(
+            f"autoremat option {option}={value!r} is invalid: expected {_BUDGET_ACCEPTS}; "
+            "size units are B, KB, MB, GB, TB (powers of 1000) and KiB, MiB, GiB, TiB (powers of 1024)"
+        )
+    raise ValueError(f"autoremat option {option}={value!r} is invalid: expected {_BUDGET_ACCEPTS}")
+
+
+def parse_memory_budget(value: Any) -> MemoryBudget:
+    """Normalise any accepted budget spelling into a MemoryBudget."""
+    if isinstance(value, bool) or value is None:
+        raise ValueError(f"autoremat option memory_budget={value!r} is invalid: expected {_BUDGET_ACCEPTS}")
+    if isinstance(value, float):
+        if not (0.0 <= value <= 1.0):  # also rejects NaN
+            raise ValueError(
+                f"autoremat option memory_budget={value!r} is out of range: a fraction must lie in "
+                f"[0, 1]; for an absolute cap pass bytes (int) or a size string such as '2.5GiB'"
+            )
+        return MemoryBudget("fraction", float(value))
+    if isinstance(value, str):
+        text = value.strip()
+        if text.lower() == "auto":
+            return MemoryBudget("auto")
+        try:
+            as_float = float(text)
+        except ValueError:
+            return MemoryBudget("bytes", parse_size(text))
+        # A bare number in a string (env vars are strings): a fraction if it has a point, else bytes.
+        if "." in text or "e" in text.lower():
+            return parse_memory_budget(as_float)
+        return MemoryBudget("bytes", parse_size(int(text)))
+    if isinstance(value, int):
+        if value in (0, 1):
+            # 0 and 1 bytes are meaningless caps; users writing them mean torch's fractions.
+            return MemoryBudget("fraction", float(value))
+        return MemoryBudget("bytes", parse_size(value))
+    raise ValueError(
+        f"autoremat option memory_budget={value!r} (type {type(value).__name__}) is invalid: "
+        f"expected {_BUDGET_ACCEPTS}"
+    )
+
+
+def _parse_compiler(value: Any) -> str:
+    if not isinstance(value, str) or value.strip().lower() not in COMPILERS:
+        raise ValueError(
+            f"autoremat option compiler={value!r} is invalid: accepted values are "
+            f"{', '.join(repr(c) for c in COMPILERS)}"
+        )
+    return value.strip().lower()
+
+
+def _parse_mode(value: Any) -> str | None:
+    if value is None:
+        return None
+    accepted = compat.inductor_mode_names()
+    if not isinstance(value, str) or value not in accepted:
+        raise ValueError(
+            f"autoremat mode={value!r} is invalid: accepted values are {', '.join(repr(m) for m in accepted)}"
+        )
+    return None if value == "default" else value
+
+
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("0", "false", "no", "off")
+
+
+def _parse_bool(name: str, value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in _TRUE + _FALSE:
+        return value.strip().lower() in _TRUE
+    raise ValueError(
+        f"autoremat option {name}={value!r} is invalid: expected a bool (or one of {_TRUE + _FALSE})"
+    )
+
+
+def _check_inductor_option(key: str, value: Any) -> None:
+    """Inductor keys pass through; we check the key exists and basic types match its default."""
+    default = getattr(compat.inductor_config, key)
+    for scalar in (bool, int, float, str):
+        if type(default) is scalar:
+            ok = isinstance(value, scalar) and not (scalar is int and isinstance(value, bool))
+            if scalar is float:
+                ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+            if not ok:
+                raise ValueError(
+                    f"autoremat passes option {key!r} to Inductor, which expects a "
+                    f"{scalar.__name__} (default {default!r}); got {value!r}"
+                )
+            return
+
+
+_OWN_KEYS = ("memory_budget", "compiler", "mode", "strict")
+_RESERVED_INDUCTOR_KEYS = ("custom_partitioner_fn",)
+
+
+def _is_inductor_key(key: str) -> bool:
+    try:
+        getattr(compat.inductor_config, key)
+    except AttributeError:
+        return False
+    return True
+
+
+def from_env(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """Options set through AUTOREMAT_<NAME> variables (our own keys only)."""
+    environ = os.environ if environ is None else environ
+    found: dict[str, Any] = {}
+    for key in _OWN_KEYS:
+        raw = environ.get(ENV_PREFIX + key.upper())
+        if raw is not None and raw != "":
+            found[key] = raw
+    unknown = sorted(
+        k for k in environ if k.startswith(ENV_PREFIX) and k[len(ENV_PREFIX) :].lower() not in _OWN_KEYS
+    )
+    if unknown:
+        raise ValueError(
+            f"unknown autoremat environment variable(s) {unknown}: accepted are "
+            f"{', '.join(ENV_PREFIX + k.upper() for k in _OWN_KEYS)}"
+        )
+    return found
+
+
+def resolve_options(
+    options: Mapping[str, Any] | None = None,
+    *,
+    mode: str | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> RematOptions:
+    """Merge defaults < environment < explicit options and validate every value.
+
+    The caller's mapping is read, never mutated.
+    """
+    if options is not None and not isinstance(options, Mapping):
+        raise ValueError(f"autoremat options must be a dict, got {type(options).__name__}: {options!r}")
+    merged: dict[str, Any] = dict(from_env(environ))
+    merged.update(dict(options or {}))
+    if mode is not None:
+        if "mode" in (options or {}):
+            raise ValueError("autoremat: pass mode either as torch.compile(mode=...) or in options, not both")
+        merged["mode"] = mode
+
+    inductor: dict[str, Any] = {}
+    for key, value in merged.items():
+        if not isinstance(key, str):
+            raise ValueError(f"autoremat option names must be strings, got {key!r}")
+        if key in _OWN_KEYS:
+            continue
+        if key in _RESERVED_INDUCTOR_KEYS:
+            raise ValueError(f"autoremat option {key!r} is reserved: autoremat installs its own partitioner")
+        if not _is_inductor_key(key):
+            raise ValueError(
+                f"unknown autoremat option {key!r} (value {value!r}): accepted are "
+                f"{', '.join(_OWN_KEYS)} or any torch._inductor.config option"
+            )
+        _check_inductor_option(key, value)
+        inductor[key] = value
+
+    result = RematOptions(
+        memory_budget=parse_memory_budget(merged.get("memory_budget", 1.0)),
+        compiler=_parse_compiler(merged.get("compiler", "inductor")),
+        mode=_parse_mode(merged.get("mode")),
+        strict=_parse_bool("strict", merged.get("strict", False)),
+        inductor_options=tuple(sorted(inductor.items())),
+    )
+    if result.compiler == "eager" and (result.inductor_options or result.mode):
+        raise ValueError(
+            "autoremat: Inductor options and mode= only apply with compiler='inductor'; "
+            f"got compiler='eager' with {dict(result.inductor_options) or {'mode': result.mode}}"
+        )
+    return result

@@ -1,0 +1,245 @@
+"""Facts about a joint forward+backward graph that every later stage relies on.
+
+One pass over the graph answers: which nodes the forward needs, which the backward computes (the
+tangent closure), which forward values the backward reads, what each node is (OpClass), how many bytes
+saving it costs (storages counted once: a view costs its base), and which user or safety constraints
+pin it (SAC tags, randomness, collectives, mutations). Sizes come from FakeTensor metadata and may be
+symbolic; they are evaluated with the shape environment's hints and never guarded on.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import torch
+import torch.fx as fx
+import torch.utils._pytree as pytree
+
+from autoremat import _torch_compat as compat
+from autoremat.passes.op_classes import NEVER_RECOMPUTE, OpClass, classify
+
+log = logging.getLogger("autoremat")
+
+#: Cost we charge for saving one SymInt: a host-side integer, negligible but not free, so that the
+#: solver never prefers saving a symbol over a value it can recompute from one already saved.
+SYMINT_SAVE_BYTES = 8
+
+_POLICY = compat.CheckpointPolicy
+
+
+@dataclass
+class NodeFacts:
+    """What the solvers need to know about one node."""
+
+    op_class: OpClass
+    #: bytes of the storage that saving this value keeps alive (hinted; 0 for parameters and their views)
+    save_bytes: int
+    #: why the value cannot be saved, or None when it can
+    unsaveable: str | None
+    #: why the node must not be recomputed, or None when recomputing it is correct
+    never_recompute: str | None
+    #: user/torch tag says: recompute this node in backward
+    must_recompute: bool
+    #: node whose storage this value aliases (itself unless it is a view)
+    storage_base: fx.Node
+
+
+@dataclass
+class JointGraphAnalysis:
+    """Result of analysing one joint graph; the input of every solver and of the rewrite."""
+
+    graph: fx.Graph
+    num_fwd_outputs: int
+    facts: dict[fx.Node, NodeFacts]
+    order: dict[fx.Node, int]
+    primals: list[fx.Node]
+    static_inputs: list[fx.Node]
+    fwd_outputs: list[fx.Node]
+    forward_nodes: set[fx.Node]
+    tangent_closure: set[fx.Node]
+    #: values (outside the tangent closure) that the backward reads or returns
+    backward_reads: set[fx.Node]
+    #: backward outputs computable without tangents (they must be available to the backward as is)
+    tangent_free_grads: set[fx.Node]
+    notes: list[str] = field(default_factory=list)
+
+    def is_forward(self, node: fx.Node) -> bool:
+        return node in self.forward_nodes
+
+
+def _val(node: fx.Node) -> object:
+    return node.meta.get("val", node.meta.get("tensor_meta"))
+
+
+def _tensor_bytes(value: torch.Tensor) -> int:
+    return compat.hint_int(value.numel()) * value.dtype.itemsize
+
+
+def _saveability(node: fx.Node) -> tuple[int, str | None]:
+    """(bytes if saved, reason it cannot be saved)."""
+    value = node.meta.get("val")
+    if isinstance(value, torch.Tensor):
+        return _tensor_bytes(value), None
+    if isinstance(value, torch.SymFloat):
+        return 0, "SymFloat values are not saved (their users are recomputed instead)"
+    if isinstance(value, compat.py_sym_types):
+        return SYMINT_SAVE_BYTES, None
+    if compat.is_opaque_node(node) or type(value).__name__ in ("BackwardState", "FakeScriptObject"):
+        return 0, None
+    if value is None and node.op == "placeholder":
+        return 0, None
+    return 0, f"non-tensor value of type {type(value).__name__}"
+
+
+def _must_be_in_backward(node: fx.Node) -> bool:
+    tag = compat.partitioner_tag(node)
+    if tag == "must_be_in_backward":
+        return True
+    mutable = compat.is_op_overload(node.target) and node.target._schema.is_mutable
+    return tag == "is_backward" and mutable
+
+
+def _must_be_in_forward(node: fx.Node) -> bool:
+    tag = compat.partitioner_tag(node)
+    if tag == "must_be_in_forward":
+        return True
+    mutable = compat.is_op_overload(node.target) and node.target._schema.is_mutable
+    return mutable and tag not in ("is_backward", "must_be_in_backward")
+
+
+def _recompute_tag(node: fx.Node) -> object:
+    return node.meta.get("recompute")
+
+
+def _tagged_must_recompute(node: fx.Node) -> bool:
+    return _recompute_tag(node) in (_POLICY.MUST_RECOMPUTE, _POLICY.PREFER_RECOMPUTE)
+
+
+def _ancestors(roots: list[fx.Node]) -> set[fx.Node]:
+    seen: set[fx.Node] = set()
+    stack = [r for r in roots if isinstance(r, fx.Node)]
+    while stack:
+        node = stack.pop()
+        if node in seen:
+            continue
+        seen.add(node)
+        stack.extend(node.all_input_nodes)
+    return seen
+
+
+def _checkpoint_boundaries(graph: fx.Graph) -> set[fx.Node]:
+    """Outputs of one checkpointed region consumed by a later region: saved, as eager AC would.
+
+    Without this, two back-to-back ``torch.utils.checkpoint`` blocks would fuse into one recompute
+    chain reaching back to the first block's input.
+    """
+    boundaries: set[fx.Node] = set()
+    for node in graph.nodes:
+        if not _tagged_must_recompute(node) or "ac_graph_id" not in node.meta:
+            continue
+        for user in node.users:
+            if _tagged_must_recompute(user) and user.meta.get("ac_graph_id", -1) > node.meta["ac_graph_id"]:
+                boundaries.add(node)
+        if node.meta.get("has_backward_hook", False) and not any(
+            _tagged_must_recompute(u) for u in node.users
+        ):
+            boundaries.add(node)
+    return boundaries
+
+
+def _backward_mutation_sources(graph: fx.Graph) -> set[fx.Node]:
+    """Sources of forward copy_ into an input that the backward mutates too: never recompute them."""
+    mutated_in_bw = {
+        n.args[0] for n in graph.nodes if n.target is torch.ops.aten.copy_.default and _must_be_in_backward(n)
+    }
+    return {
+        n.args[1]
+        for n in graph.nodes
+        if n.target is torch.ops.aten.copy_.default
+        and _must_be_in_forward(n)
+        and n.args[0] in mutated_in_bw
+        and isinstance(n.args[1], fx.Node)
+    }
+
+
+def analyse(
+    graph: fx.Graph, *, num_fwd_outputs: int, static_lifetime_input_indices: list[int] | None
+) -> JointGraphAnalysis:
+    """Analyse a joint graph produced by AOTAutograd (after DCE/CSE)."""
+    nodes = list(graph.nodes)
+    order = {n: i for i, n in enumerate(nodes)}
+    output = next(n for n in reversed(nodes) if n.op == "output")
+    outputs = pytree.arg_tree_leaves(*output.args)
+    fwd_outputs = [o for o in outputs[:num_fwd_outputs] if isinstance(o, fx.Node)]
+    bwd_outputs = [o for o in outputs[num_fwd_outputs:] if isinstance(o, fx.Node)]
+
+    primals = [n for n in nodes if compat.is_primal(n)]
+    static_idx = set(static_lifetime_input_indices or ())
+    static_inputs = [p for i, p in enumerate(primals) if i in static_idx]
+
+    tangent_closure: set[fx.Node] = set()
+    for node in nodes:
+        if compat.is_tangent(node) or _must_be_in_backward(node) or compat.is_bwd_seed_offset(node):
+            tangent_closure.add(node)
+        elif node.op != "output" and any(a in tangent_closure for a in node.all_input_nodes):
+            tangent_closure.add(node)
+
+    forced_fwd = [n for n in nodes if n.op == "call_function" and _must_be_in_forward(n)]
+    forward_nodes = _ancestors(fwd_outputs + forced_fwd) - tangent_closure
+    forward_nodes.update(n for n in nodes if compat.is_fwd_seed_offset(n))
+
+    tangent_free_grads = {o for o in bwd_outputs if o not in tangent_closure}
+    backward_reads = set(tangent_free_grads)
+    for node in tangent_closure:
+        backward_reads.update(a for a in node.all_input_nodes if a not in tangent_closure)
+
+    boundaries = _checkpoint_boundaries(graph)
+    mutation_sources = _backward_mutation_sources(graph)
+    static_set = set(static_inputs)
+    facts: dict[fx.Node, NodeFacts] = {}
+    notes: list[str] = []
+    for node in nodes:
+        if node.op == "output":
+            continue
+        op_class = classify(node)
+        nbytes, unsaveable = _saveability(node)
+        base = node
+        if op_class is OpClass.VIEW and node.args and isinstance(node.args[0], fx.Node):
+            base = facts[node.args[0]].storage_base
+            nbytes = facts[base].save_bytes if base is not node else nbytes
+        if base in static_set:
+            nbytes = 0
+        never = None
+        if op_class in NEVER_RECOMPUTE:
+            never = f"{op_class.value} op"
+        if node.op == "placeholder":
+            never = "graph input"
+        tag = _recompute_tag(node)
+        if tag == _POLICY.MUST_SAVE or node in boundaries:
+            never = never or "tagged MUST_SAVE"
+        if node in mutation_sources:
+            never = never or "source of an input mutation repeated in backward"
+        must_recompute = _tagged_must_recompute(node) and node not in boundaries
+        if op_class is OpClass.COLLECTIVE and must_recompute:
+            never = None  # the user explicitly asked to recompute this collective
+        if must_recompute and never is not None:
+            notes.append(f"{node.name}: recompute tag ignored ({never}); its value is saved instead")
+            must_recompute = False
+        facts[node] = NodeFacts(op_class, nbytes, unsaveable, never, must_recompute, base)
+    for note in notes:
+        log.debug("autoremat: %s", note)
+    return JointGraphAnalysis(
+        graph=graph,
+        num_fwd_outputs=num_fwd_outputs,
+        facts=facts,
+        order=order,
+        primals=primals,
+        static_inputs=static_inputs,
+        fwd_outputs=fwd_outputs,
+        forward_nodes=forward_nodes,
+        tangent_closure=tangent_closure,
+        backward_reads=backward_reads,
+        tangent_free_grads=tangent_free_grads,
+        notes=notes,
+    )

@@ -1,0 +1,133 @@
+"""The runtime-optimal saved set: a minimum cut of a node-split flow network (networkx).
+
+Every node ``v`` becomes two vertices ``v_in → v_out`` joined by an edge whose capacity is the cost of
+saving ``v``; data edges ``u_out → v_in`` and the constraint edges below have infinite capacity. The
+source side of the cut is what the forward computes, the sink side what the backward needs; the cut
+edges are the values the forward saves and everything on the sink side that the backward needs is
+recomputed there. Constraints:
+
+- the tangent closure (what depends on incoming gradients) is computed in the backward: ``v_in → sink``;
+- a backward output computable without tangents must be available: ``v_out → sink``;
+- a node that may not be recomputed under the active rules is pinned to the forward: ``source → v_in``;
+- a node the user tagged MUST_RECOMPUTE is pinned to the backward: ``v_in → sink``.
+
+Capacities are lexicographic integers: bytes first (the objective), then a tie-break that prefers
+saving values late in the forward, which shortens recompute chains among equally small cuts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+from dataclasses import dataclass
+
+import networkx as nx
+import torch.fx as fx
+
+from autoremat.passes.analysis import JointGraphAnalysis
+from autoremat.passes.op_classes import CHEAP, OpClass
+
+_SOURCE, _SINK = "source", "sink"
+
+
+class InfeasibleCut(RuntimeError):
+    """A value is needed in backward but can be neither saved nor recomputed."""
+
+
+@dataclass(frozen=True)
+class RecomputeRules:
+    """Which forward nodes the cut may place in the backward (i.e. recompute).
+
+    ``classes`` are allowed wholesale; ``extra`` releases individual nodes (the budget solver uses it to
+    let chosen matmuls be recomputed). Nodes the analysis marks never-recompute stay pinned regardless.
+    """
+
+    classes: frozenset[OpClass] = CHEAP
+    extra: frozenset[fx.Node] = frozenset()
+
+    def allows(self, analysis: JointGraphAnalysis, node: fx.Node) -> bool:
+        facts = analysis.facts[node]
+        if facts.never_recompute is not None:
+            return False
+        return facts.op_class in self.classes or node in self.extra
+
+
+@dataclass(frozen=True)
+class CutResult:
+    """Which values the forward saves, and the bytes the cut charged for them."""
+
+    saved: tuple[fx.Node, ...]
+    cut_bytes: int
+
+    def storage_bytes(self, analysis: JointGraphAnalysis) -> int:
+        """Activation bytes the saved set keeps alive: one charge per storage, graph inputs excluded."""
+        bases = {analysis.facts[n].storage_base for n in self.saved}
+        return sum(analysis.facts[b].save_bytes for b in bases if b.op != "placeholder")
+
+
+def _in(node: fx.Node) -> str:
+    return node.name + "_in"
+
+
+def _out(node: fx.Node) -> str:
+    return node.name + "_out"
+
+
+def build_flow_network(analysis: JointGraphAnalysis, rules: RecomputeRules) -> nx.DiGraph:
+    """The node-split network described in the module docstring (missing capacity = infinite)."""
+    net = nx.DiGraph()
+    n_nodes = len(analysis.order)
+    scale = (n_nodes + 1) ** 2  # exceeds any sum of tie-breaks (each < n_nodes, at most n_nodes of them)
+    for node, facts in analysis.facts.items():
+        if node in analysis.tangent_closure:
+            net.add_edge(_in(node), _SINK)
+            continue
+        if node in analysis.tangent_free_grads:
+            net.add_edge(_out(node), _SINK)
+        if facts.must_recompute:  # the analysis already dropped tags on never-recompute nodes
+            net.add_edge(_in(node), _SINK)
+        elif node.op == "placeholder" or (analysis.is_forward(node) and not rules.allows(analysis, node)):
+            net.add_edge(_SOURCE, _in(node))
+        if facts.unsaveable is None:
+            tie_break = n_nodes - analysis.order[node]
+            net.add_edge(_in(node), _out(node), capacity=facts.save_bytes * scale + tie_break)
+        else:
+            net.add_edge(_in(node), _out(node))
+        for user in node.users:
+            if user.op != "output":
+                net.add_edge(_out(node), _in(user))
+    net.add_node(_SOURCE)
+    net.add_node(_SINK)
+    return net
+
+
+def solve_min_cut(analysis: JointGraphAnalysis, rules: RecomputeRules | None = None) -> CutResult:
+    """Minimum-bytes saved set under ``rules``; raises InfeasibleCut if no finite cut exists."""
+    rules = rules or RecomputeRules()
+    net = build_flow_network(analysis, rules)
+    try:
+        _, (reachable, _) = nx.minimum_cut(net, _SOURCE, _SINK)
+    except nx.NetworkXUnbounded as exc:
+        raise InfeasibleCut(_explain_infinite_path(net)) from exc
+    saved = [
+        node
+        for node in analysis.facts
+        if _in(node) in reachable and _out(node) in net and _out(node) not in reachable
+    ]
+    saved.sort(key=analysis.order.__getitem__)
+    return CutResult(tuple(saved), sum(analysis.facts[n].save_bytes for n in saved))
+
+
+def _explain_infinite_path(net: nx.DiGraph) -> str:
+    """Name a source→sink path of infinite edges, the constraint set that cannot be satisfied."""
+    infinite = nx.DiGraph((u, v) for u, v, d in net.edges(data=True) if "capacity" not in d)
+    try:
+        path = nx.shortest_path(infinite, _SOURCE, _SINK)
+    except (nx.NetworkXNoPath, nx.NodeNotFound):
+        return "no finite cut exists"
+    return "value needed in backward can be neither saved nor recomputed: " + " -> ".join(path)
+
+
+def released(nodes: Collection[fx.Node], base: RecomputeRules | None = None) -> RecomputeRules:
+    """Rules that additionally allow recomputing ``nodes``."""
+    base = base or RecomputeRules()
+    return RecomputeRules(base.classes, base.extra | frozenset(nodes))

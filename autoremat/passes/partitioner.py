@@ -1,0 +1,172 @@
+"""RematPartitioner: the pipeline analyse → solve → rewrite → record, behind Inductor's partitioner hook.
+
+Inductor calls it with the joint graph after its joint-graph passes (or AOTAutograd does, on the
+codegen-free path). Any internal failure falls back to torch's own partitioner with a logged warning:
+a bug in our pass must never stop a user's training run. The only error we raise on purpose is a byte
+budget that cannot be met when the user asked for ``strict=True``.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import logging
+import pathlib
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import torch.fx as fx
+
+from autoremat import _torch_compat as compat
+from autoremat._version import __version__
+from autoremat.options import RematOptions
+from autoremat.passes.analysis import JointGraphAnalysis, analyse
+from autoremat.passes.interim_budget import solve_to_target
+from autoremat.passes.mincut import CutResult, solve_min_cut
+from autoremat.passes.rewrite import recomputed_ops, split_joint_graph
+from autoremat.plan import Plan, SavedValue, record
+
+log = logging.getLogger("autoremat")
+
+_PACKAGE_DIR = pathlib.Path(__file__).resolve().parent.parent
+
+
+class BudgetInfeasible(ValueError):
+    """A byte budget below the least activation memory the graph allows (strict mode only)."""
+
+
+@functools.cache
+def _source_digest() -> str:
+    """Hash of the package's own source: any code change must invalidate Inductor's caches."""
+    files = tuple(sorted(str(p) for p in _PACKAGE_DIR.rglob("*.py")))
+    return compat.get_hash_for_files(files).hex()
+
+
+def _saved_value(node: fx.Node, analysis: JointGraphAnalysis) -> SavedValue:
+    value = node.meta.get("val")
+    shape = tuple(str(s) for s in getattr(value, "shape", ()))
+    dtype = str(getattr(value, "dtype", type(value).__name__)).replace("torch.", "")
+    op = str(getattr(node.target, "__name__", node.target)) if node.op == "call_function" else node.op
+    return SavedValue(node.name, op, shape, dtype, analysis.facts[node].save_bytes)
+
+
+class RematPartitioner(compat.CustomPartitionerFn):
+    """autoremat's partitioner; one instance per backend configuration.
+
+    Cache identity (``uuid``): package version, source digest and the options fingerprint, so a
+    changed budget, solver or line of our code never reuses a stale compiled artifact.
+    """
+
+    def __init__(self, options: RematOptions) -> None:
+        self.options = options
+
+    def uuid(self) -> str:
+        text = f"autoremat-{__version__}-{_source_digest()}-{self.options.fingerprint()}"
+        return hashlib.sha256(text.encode()).hexdigest()
+
+    def __call__(
+        self,
+        gm: fx.GraphModule,
+        joint_inputs: Sequence[object],
+        *,
+        num_fwd_outputs: int,
+        static_lifetime_input_indices: list[int] | None = None,
+        **kwargs: Any,
+    ) -> tuple[fx.GraphModule, fx.GraphModule]:
+        start = time.perf_counter()
+        try:
+            fw, bw, plan = self._partition(gm, num_fwd_outputs, static_lifetime_input_indices)
+        except BudgetInfeasible:
+            raise
+        except Exception as exc:  # noqa: BLE001 - any bug of ours must degrade, not crash training
+            log.warning(
+                "autoremat: partitioning failed (%s: %s); falling back to torch's min-cut partitioner",
+                type(exc).__name__,
+                exc,
+            )
+            fw, bw = compat.torch_min_cut_partition(
+                gm,
+                joint_inputs,
+                num_fwd_outputs=num_fwd_outputs,
+                static_lifetime_input_indices=static_lifetime_input_indices,
+            )
+            plan = Plan(
+                budget=self.options.memory_budget.describe(),
+                solver="torch-min-cut",
+                status="fallback",
+                saved=[],
+                saved_bytes=-1,
+                recomputed=recomputed_ops(fw, bw),
+                num_joint_nodes=len(gm.graph.nodes),
+                partition_seconds=0.0,
+                notes=[f"fallback after {type(exc).__name__}: {exc}"],
+            )
+        plan.partition_seconds = time.perf_counter() - start
+        record(plan)
+        log.info("%s", plan.summary())
+        compat.trace_structured(
+            "artifact",
+            metadata_fn=lambda: {"name": "autoremat_plan", "encoding": "json"},
+            payload_fn=plan.to_json,
+        )
+        return fw, bw
+
+    def _partition(
+        self, gm: fx.GraphModule, num_fwd_outputs: int, static_idx: list[int] | None
+    ) -> tuple[fx.GraphModule, fx.GraphModule, Plan]:
+        gm.graph.eliminate_dead_code()
+        gm.recompile()
+        if compat.functorch_config.cse:
+            gm.graph = compat.fx_graph_cse(gm.graph)
+            gm.recompile()
+        analysis = analyse(
+            gm.graph, num_fwd_outputs=num_fwd_outputs, static_lifetime_input_indices=static_idx
+        )
+        cut, solver, status, extra = self._solve(analysis)
+        fw, bw = split_joint_graph(gm, analysis, cut.saved)
+        plan = Plan(
+            budget=self.options.memory_budget.describe(),
+            solver=solver,
+            status=status,
+            saved=[_saved_value(n, analysis) for n in cut.saved],
+            saved_bytes=cut.storage_bytes(analysis),
+            recomputed=recomputed_ops(fw, bw),
+            num_joint_nodes=len(analysis.order),
+            partition_seconds=0.0,
+            notes=list(analysis.notes) + extra.pop("notes", []),
+            **extra,
+        )
+        return fw, bw, plan
+
+    def _solve(self, analysis: JointGraphAnalysis) -> tuple[CutResult, str, str, dict[str, Any]]:
+        budget = self.options.memory_budget
+        high = solve_min_cut(analysis)
+        if budget.kind == "auto":
+            note = "memory_budget='auto' is not enforced yet: planned the runtime-optimal cut"
+            log.warning("autoremat: %s", note)
+            return high, "min-cut", "optimal", {"notes": [note]}
+        if budget.kind == "fraction" and budget.value >= 1.0:
+            return high, "min-cut", "optimal", {}
+        if budget.kind == "fraction":
+            outcome = solve_to_target(analysis, fraction=float(budget.value), high=high)
+        else:
+            outcome = solve_to_target(analysis, cap_bytes=int(budget.value), high=high)
+        extra: dict[str, Any] = {
+            "target_bytes": outcome.target_bytes,
+            "least_bytes": outcome.low_bytes,
+            "runtime_optimal_bytes": outcome.high_bytes,
+            "notes": [],
+        }
+        status = "within-budget"
+        if not outcome.feasible:
+            message = (
+                f"memory_budget={budget.describe()} is below the least activation memory this graph "
+                f"allows ({outcome.low_bytes} bytes); using the least-memory plan"
+            )
+            if self.options.strict:
+                raise BudgetInfeasible(f"autoremat (strict=True): {message}")
+            log.warning("autoremat: %s", message)
+            extra["notes"].append(message)
+            status = "budget-infeasible"
+        return outcome.cut, "interim-budget", status, extra
