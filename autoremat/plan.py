@@ -37,7 +37,8 @@ class Plan:
     status: str
     saved: list[SavedValue]
     #: activation bytes kept for backward: storages once, graph inputs and parameters excluded
-    saved_bytes: int
+    #: (None when torch's partitioner made the plan and we did not analyse it)
+    saved_bytes: int | None
     #: forward ops the backward recomputes (op names, graph order)
     recomputed: list[str]
     num_joint_nodes: int

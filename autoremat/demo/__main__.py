@@ -54,7 +54,8 @@ def run_strategy(name: str, backend, base: GPT, batch, reference, steps: int) ->
 
     step_s = median_seconds(step, repeats=steps)
     plans = autoremat.recent_plans()
-    predicted = sum(p.saved_bytes for p in plans) if plans else None
+    known = [p.saved_bytes for p in plans if p.saved_bytes is not None]
+    predicted = sum(known) if plans and len(known) == len(plans) else None
     return Row(name, saved.nbytes, predicted, step_s * 1e3, compile_s, err)
 
 

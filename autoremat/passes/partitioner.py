@@ -96,7 +96,7 @@ class RematPartitioner(compat.CustomPartitionerFn):
                 solver="torch-min-cut",
                 status="fallback",
                 saved=[],
-                saved_bytes=-1,
+                saved_bytes=None,
                 recomputed=recomputed_ops(fw, bw),
                 num_joint_nodes=len(gm.graph.nodes),
                 partition_seconds=0.0,
