@@ -163,6 +163,21 @@ def _backward_mutation_sources(graph: fx.Graph) -> set[fx.Node]:
     }
 
 
+def _never_recompute_reason(
+    node: fx.Node, op_class: OpClass, forced_save: bool, tagged_recompute: bool
+) -> str | None:
+    """Why recomputing ``node`` would be wrong (or against the user's wishes); None if it is fine."""
+    if node.op == "placeholder":
+        return "graph input"
+    if _recompute_tag(node) == _POLICY.MUST_SAVE or forced_save:
+        return "tagged MUST_SAVE"
+    if op_class is OpClass.COLLECTIVE and tagged_recompute:
+        return None  # the user explicitly asked to recompute this collective
+    if op_class in NEVER_RECOMPUTE:
+        return f"{op_class.value} op"
+    return None
+
+
 def analyse(
     graph: fx.Graph, *, num_fwd_outputs: int, static_lifetime_input_indices: list[int] | None
 ) -> JointGraphAnalysis:
@@ -195,7 +210,7 @@ def analyse(
         backward_reads.update(a for a in node.all_input_nodes if a not in tangent_closure)
 
     boundaries = _checkpoint_boundaries(graph)
-    mutation_sources = _backward_mutation_sources(graph)
+    forced_save = boundaries | _backward_mutation_sources(graph)
     static_set = set(static_inputs)
     facts: dict[fx.Node, NodeFacts] = {}
     notes: list[str] = []
@@ -206,23 +221,12 @@ def analyse(
         nbytes, unsaveable = _saveability(node)
         base = node
         if op_class is OpClass.VIEW and node.args and isinstance(node.args[0], fx.Node):
-            base = facts[node.args[0]].storage_base
-            nbytes = facts[base].save_bytes if base is not node else nbytes
+            base = facts[node.args[0]].storage_base  # saving a view keeps its base's storage alive
+            nbytes = facts[base].save_bytes
         if base in static_set:
             nbytes = 0
-        never = None
-        if op_class in NEVER_RECOMPUTE:
-            never = f"{op_class.value} op"
-        if node.op == "placeholder":
-            never = "graph input"
-        tag = _recompute_tag(node)
-        if tag == _POLICY.MUST_SAVE or node in boundaries:
-            never = never or "tagged MUST_SAVE"
-        if node in mutation_sources:
-            never = never or "source of an input mutation repeated in backward"
         must_recompute = _tagged_must_recompute(node) and node not in boundaries
-        if op_class is OpClass.COLLECTIVE and must_recompute:
-            never = None  # the user explicitly asked to recompute this collective
+        never = _never_recompute_reason(node, op_class, node in forced_save, must_recompute)
         if must_recompute and never is not None:
             notes.append(f"{node.name}: recompute tag ignored ({never}); its value is saved instead")
             must_recompute = False
