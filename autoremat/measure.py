@@ -114,6 +114,6 @@ def capture_joint_graphs(model: Callable[..., object], *inputs: torch.Tensor) ->
             gm, joint_inputs, num_fwd_outputs=num_fwd_outputs, static_lifetime_input_indices=static
         )
 
-    torch._dynamo.reset()
+    torch.compiler.reset()
     torch.compile(model, backend=codegen_free_backend(grab))(*inputs)
     return captured

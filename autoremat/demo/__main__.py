@@ -114,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     with torch.compiler.config.patch(force_disable_caches=True):
         for name, backend in strategies:
             print(f"  running {name} ...", flush=True)
-            torch._dynamo.reset()
+            torch.compiler.reset()
             ref = None if backend is None else reference
             rows.append(run_strategy(name, backend, base, batch, ref, args.steps))
     print()
