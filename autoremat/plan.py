@@ -61,9 +61,10 @@ class Plan:
         return cls(**data)
 
     def summary(self) -> str:
+        saved = "unknown" if self.saved_bytes is None else f"{self.saved_bytes}"
         return (
             f"autoremat plan [{self.solver}, {self.status}] budget={self.budget}: saves "
-            f"{len(self.saved)} values ({self.saved_bytes} activation bytes), recomputes "
+            f"{len(self.saved)} values ({saved} activation bytes), recomputes "
             f"{len(self.recomputed)} ops, {self.num_joint_nodes}-node joint graph partitioned in "
             f"{self.partition_seconds * 1e3:.1f} ms"
         )
