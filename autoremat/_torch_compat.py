@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 import torch.fx as fx
+import torch.utils._pytree as pytree
 from torch._dynamo.backends.common import aot_autograd
 from torch._functorch import config as functorch_config
 from torch._functorch._aot_autograd.utils import (
@@ -66,6 +67,7 @@ __all__ = [
     "functorch_config",
     "fx_graph_cse",
     "get_hash_for_files",
+    "graph_symbol_hints",
     "hint_int",
     "inductor_config",
     "inductor_mode_names",
@@ -193,3 +195,15 @@ def torch_default_partition(
     from torch._functorch.partitioners import default_partition
 
     return default_partition(joint_module, joint_inputs, **kwargs)
+
+
+def graph_symbol_hints(graph: fx.Graph) -> dict[Any, int]:
+    """Hint values of every size symbol of ``graph`` (from its shape environment; nothing is guarded)."""
+    for node in graph.nodes:
+        for value in pytree.tree_leaves(node.meta.get("val")):
+            sizes = value.shape if isinstance(value, torch.Tensor) else (value,)
+            for size in sizes:
+                if isinstance(size, torch.SymInt):
+                    shape_env = size.node.shape_env
+                    return {s: int(v) for s, v in shape_env.var_to_val.items()}
+    return {}

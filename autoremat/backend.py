@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+import torch
 import torch.fx as fx
 
 from autoremat import _torch_compat as compat
@@ -22,7 +23,7 @@ CompiledFn = Callable[..., Any]
 
 def compile_graph(gm: fx.GraphModule, example_inputs: Sequence[Any], options: RematOptions) -> CompiledFn:
     """Compile one Dynamo graph under ``options``."""
-    partitioner = RematPartitioner(options)
+    partitioner = RematPartitioner(options, _inputs_device(example_inputs))
     if options.compiler == "eager":
         return codegen_free_backend(partitioner)(gm, example_inputs)
     patches: dict[str, Any] = {
@@ -31,6 +32,13 @@ def compile_graph(gm: fx.GraphModule, example_inputs: Sequence[Any], options: Re
         "custom_partitioner_fn": partitioner,
     }
     return compat.compile_fx(gm, example_inputs, config_patches=patches)
+
+
+def _inputs_device(example_inputs: Sequence[Any]) -> torch.device | None:
+    for value in example_inputs:
+        if isinstance(value, torch.Tensor):
+            return value.device
+    return None
 
 
 def codegen_free_backend(partition_fn: Callable[..., Any]) -> Callable[..., CompiledFn]:

@@ -66,6 +66,10 @@ class RematOptions:
     compiler: str = "inductor"
     mode: str | None = None
     strict: bool = False
+    #: device spec to plan for (a name from cost_models.SPECS or an alias); None = the graph's device
+    device: str | None = None
+    #: measure the compiling device (cached on disk) instead of trusting datasheet peaks
+    calibrate: bool = False
     inductor_options: tuple[tuple[str, Any], ...] = ()
 
     def fingerprint(self) -> str:
@@ -77,6 +81,8 @@ class RematOptions:
                 self.compiler,
                 self.mode,
                 self.strict,
+                self.device,
+                self.calibrate,
                 tuple((k, repr(v)) for k, v in self.inductor_options),
             )
         )
@@ -172,6 +178,20 @@ def _parse_bool(name: str, value: Any) -> bool:
     )
 
 
+def _parse_device(value: Any) -> str | None:
+    from autoremat.cost_models.device_specs import spec_names
+
+    if value is None:
+        return None
+    names = spec_names()
+    if not isinstance(value, str) or value.strip().lower() not in names:
+        raise ValueError(
+            f"autoremat option device={value!r} is invalid: accepted values are None (the graph's "
+            f"device) or one of {', '.join(repr(n) for n in names)}"
+        )
+    return value.strip().lower()
+
+
 def _check_inductor_option(key: str, value: Any) -> None:
     """Inductor keys pass through; we check the key exists and basic types match its default."""
     default = getattr(compat.inductor_config, key)
@@ -188,7 +208,7 @@ def _check_inductor_option(key: str, value: Any) -> None:
             return
 
 
-_OWN_KEYS = ("memory_budget", "compiler", "mode", "strict")
+_OWN_KEYS = ("memory_budget", "compiler", "mode", "strict", "device", "calibrate")
 _RESERVED_INDUCTOR_KEYS = ("custom_partitioner_fn",)
 
 
@@ -259,8 +279,15 @@ def resolve_options(
         compiler=_parse_compiler(merged.get("compiler", "inductor")),
         mode=_parse_mode(merged.get("mode")),
         strict=_parse_bool("strict", merged.get("strict", False)),
+        device=_parse_device(merged.get("device")),
+        calibrate=_parse_bool("calibrate", merged.get("calibrate", False)),
         inductor_options=tuple(sorted(inductor.items())),
     )
+    if result.calibrate and result.device is not None:
+        raise ValueError(
+            f"autoremat: calibrate=True measures the device you compile on, so it cannot be combined "
+            f"with device={result.device!r}; drop one of them"
+        )
     if result.compiler == "eager" and (result.inductor_options or result.mode):
         raise ValueError(
             "autoremat: Inductor options and mode= only apply with compiler='inductor'; "

@@ -43,6 +43,14 @@ class Plan:
     recomputed: list[str]
     num_joint_nodes: int
     partition_seconds: float
+    #: device spec the costs were computed for
+    device: str = ""
+    #: predicted extra backward time of the recomputation (seconds, hinted sizes)
+    predicted_recompute_s: float | None = None
+    #: the same as an expression of the size symbols, when it depends on any
+    recompute_time_expr: str | None = None
+    #: size symbols the decision depended on (dynamic shapes)
+    symbols: list[str] = field(default_factory=list)
     target_bytes: int | None = None
     least_bytes: int | None = None
     runtime_optimal_bytes: int | None = None
@@ -65,7 +73,13 @@ class Plan:
         return (
             f"autoremat plan [{self.solver}, {self.status}] budget={self.budget}: saves "
             f"{len(self.saved)} values ({saved} activation bytes), recomputes "
-            f"{len(self.recomputed)} ops, {self.num_joint_nodes}-node joint graph partitioned in "
+            f"{len(self.recomputed)} ops"
+            + (
+                f" (predicted +{self.predicted_recompute_s * 1e3:.3f} ms on {self.device})"
+                if self.predicted_recompute_s is not None
+                else ""
+            )
+            + f", {self.num_joint_nodes}-node joint graph partitioned in "
             f"{self.partition_seconds * 1e3:.1f} ms"
         )
 

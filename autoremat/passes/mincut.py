@@ -17,7 +17,7 @@ saving values late in the forward, which shortens recompute chains among equally
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 
 import networkx as nx
@@ -25,6 +25,9 @@ import torch.fx as fx
 
 from autoremat.passes.analysis import JointGraphAnalysis
 from autoremat.passes.op_classes import CHEAP, OpClass
+
+#: Nodes that cost nothing to recompute on any device: aliases, tuple selection, host integer maths.
+FREE_TO_RECOMPUTE = frozenset({OpClass.VIEW, OpClass.GETITEM, OpClass.SYMBOLIC})
 
 _SOURCE, _SINK = "source", "sink"
 
@@ -125,6 +128,12 @@ def _explain_infinite_path(net: nx.DiGraph) -> str:
     except (nx.NetworkXNoPath, nx.NodeNotFound):
         return "no finite cut exists"
     return "value needed in backward can be neither saved nor recomputed: " + " -> ".join(path)
+
+
+def cheap_by(analysis: JointGraphAnalysis, is_cheap: Callable[[fx.Node], bool]) -> RecomputeRules:
+    """Rules whose cheap set is decided per node by a cost model (free nodes always count as cheap)."""
+    nodes = frozenset(n for n in analysis.facts if analysis.is_forward(n) and is_cheap(n))
+    return RecomputeRules(classes=FREE_TO_RECOMPUTE, extra=nodes)
 
 
 def released(nodes: Collection[fx.Node], base: RecomputeRules | None = None) -> RecomputeRules:

@@ -16,14 +16,16 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+import torch
 import torch.fx as fx
 
 from autoremat import _torch_compat as compat
 from autoremat._version import __version__
+from autoremat.cost_models import GraphCosts, calibrate, default_cost_model
 from autoremat.options import RematOptions
 from autoremat.passes.analysis import JointGraphAnalysis, analyse
 from autoremat.passes.interim_budget import solve_to_target
-from autoremat.passes.mincut import CutResult, solve_min_cut
+from autoremat.passes.mincut import CutResult, cheap_by, solve_min_cut
 from autoremat.passes.rewrite import recomputed_ops, split_joint_graph
 from autoremat.plan import Plan, SavedValue, record
 
@@ -54,15 +56,19 @@ def _saved_value(node: fx.Node, analysis: JointGraphAnalysis) -> SavedValue:
 class RematPartitioner(compat.CustomPartitionerFn):
     """autoremat's partitioner; one instance per backend configuration.
 
-    Cache identity (``uuid``): package version, source digest and the options fingerprint, so a
-    changed budget, solver or line of our code never reuses a stale compiled artifact.
+    Cache identity (``uuid``): package version, source digest, the options fingerprint and the
+    calibration data, so a changed budget, device, measurement or line of our code never reuses a stale
+    compiled artifact. (The device spec follows from the options and the graph's device, which is part
+    of the graph's own cache key.)
     """
 
-    def __init__(self, options: RematOptions) -> None:
+    def __init__(self, options: RematOptions, device: torch.device | None = None) -> None:
         self.options = options
+        self.calibration = calibrate(device) if options.calibrate else None
 
     def uuid(self) -> str:
-        text = f"autoremat-{__version__}-{_source_digest()}-{self.options.fingerprint()}"
+        cal = self.calibration.fingerprint() if self.calibration else ""
+        text = f"autoremat-{__version__}-{_source_digest()}-{self.options.fingerprint()}-{cal}"
         return hashlib.sha256(text.encode()).hexdigest()
 
     def __call__(
@@ -123,8 +129,11 @@ class RematPartitioner(compat.CustomPartitionerFn):
         analysis = analyse(
             gm.graph, num_fwd_outputs=num_fwd_outputs, static_lifetime_input_indices=static_idx
         )
-        cut, solver, status, extra = self._solve(analysis)
+        model = default_cost_model(_graph_device(gm.graph), self.options.device, self.calibration)
+        costs = model.for_graph(analysis)
+        cut, solver, status, extra = self._solve(analysis, costs)
         fw, bw = split_joint_graph(gm, analysis, cut.saved)
+        recompute_s = costs.recompute_time(_recomputed_nodes(analysis, cut))
         plan = Plan(
             budget=self.options.memory_budget.describe(),
             solver=solver,
@@ -134,24 +143,33 @@ class RematPartitioner(compat.CustomPartitionerFn):
             recomputed=recomputed_ops(fw, bw),
             num_joint_nodes=len(analysis.order),
             partition_seconds=0.0,
+            device=costs.spec.name,
+            predicted_recompute_s=costs.value(recompute_s),
+            recompute_time_expr=str(recompute_s) if recompute_s.free_symbols else None,
+            symbols=sorted(str(s) for s in recompute_s.free_symbols | _saved_symbols(cut)),
             notes=list(analysis.notes) + extra.pop("notes", []),
             **extra,
         )
         return fw, bw, plan
 
-    def _solve(self, analysis: JointGraphAnalysis) -> tuple[CutResult, str, str, dict[str, Any]]:
+    def _solve(
+        self, analysis: JointGraphAnalysis, costs: GraphCosts
+    ) -> tuple[CutResult, str, str, dict[str, Any]]:
         budget = self.options.memory_budget
-        high = solve_min_cut(analysis)
+        rules = cheap_by(analysis, costs.is_cheap_to_recompute)
+        high = solve_min_cut(analysis, rules)
         if budget.kind == "auto":
             note = "memory_budget='auto' is not enforced yet: planned the runtime-optimal cut"
             log.warning("autoremat: %s", note)
             return high, "min-cut", "optimal", {"notes": [note]}
         if budget.kind == "fraction" and budget.value >= 1.0:
             return high, "min-cut", "optimal", {}
-        if budget.kind == "fraction":
-            outcome = solve_to_target(analysis, fraction=float(budget.value), high=high)
-        else:
-            outcome = solve_to_target(analysis, cap_bytes=int(budget.value), high=high)
+        target = (
+            {"fraction": float(budget.value)}
+            if budget.kind == "fraction"
+            else {"cap_bytes": int(budget.value)}
+        )
+        outcome = solve_to_target(analysis, **target, base=rules, cost_s=costs.standalone_s, high=high)
         extra: dict[str, Any] = {
             "target_bytes": outcome.target_bytes,
             "least_bytes": outcome.low_bytes,
@@ -170,3 +188,35 @@ class RematPartitioner(compat.CustomPartitionerFn):
             extra["notes"].append(message)
             status = "budget-infeasible"
         return outcome.cut, "interim-budget", status, extra
+
+
+def _graph_device(graph: fx.Graph) -> torch.device | None:
+    for node in graph.nodes:
+        value = node.meta.get("val")
+        if isinstance(value, torch.Tensor):
+            return value.device
+    return None
+
+
+def _recomputed_nodes(analysis: JointGraphAnalysis, cut: CutResult) -> set[fx.Node]:
+    """Forward nodes the backward must recompute: ancestors of what it reads, stopping at saved values."""
+    saved = set(cut.saved)
+    needed: set[fx.Node] = set()
+    stack = [n for n in analysis.backward_reads if n not in saved]
+    while stack:
+        node = stack.pop()
+        if node in needed or node in saved or node.op == "placeholder":
+            continue
+        needed.add(node)
+        stack.extend(node.all_input_nodes)
+    return {n for n in needed if analysis.is_forward(n)}
+
+
+def _saved_symbols(cut: CutResult) -> set[Any]:
+    symbols: set[Any] = set()
+    for node in cut.saved:
+        value = node.meta.get("val")
+        for size in getattr(value, "shape", ()):
+            if isinstance(size, torch.SymInt):
+                symbols |= size.node.expr.free_symbols
+    return symbols

@@ -1,0 +1,70 @@
+"""Which nodes Inductor fuses, and what recomputing a set of nodes in the backward costs given that.
+
+Inductor generates one loop nest for a connected group of pointwise ops, views, reductions and simple
+data movement (its "fusible" nodes), while matmuls, convolutions, attention and opaque ops become
+extern kernels that read and write memory. So for a recomputed node ``r``:
+
+- inputs produced by another recomputed fusible node arrive in registers: no bytes;
+- inputs that are saved values, graph inputs or extern-kernel outputs are read from memory;
+- the output is written to memory (plus one launch) only if some backward consumer cannot fuse with it
+  (e.g. it feeds a matmul); otherwise it never leaves registers;
+- recomputed extern kernels cost their full standalone time.
+
+This is a deliberately simple, explicit model: it ignores Inductor's size-based fusion limits and
+horizontal fusion, and counts each materialised recomputed node as one kernel launch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+
+import sympy
+import torch.fx as fx
+
+from autoremat.cost_models.device_specs import DeviceSpec
+from autoremat.cost_models.flops import Expr, tensor_bytes
+from autoremat.cost_models.roofline import ZERO, NodeCost
+from autoremat.passes.op_classes import OpClass
+
+#: Op classes Inductor lowers to generated loops that it can fuse with each other.
+FUSIBLE = frozenset(
+    {
+        OpClass.POINTWISE,
+        OpClass.REDUCTION,
+        OpClass.DATA_MOVEMENT,
+        OpClass.FACTORY,
+        OpClass.VIEW,
+        OpClass.GETITEM,
+        OpClass.SYMBOLIC,
+    }
+)
+
+
+def fuses(producer: OpClass, consumer: OpClass) -> bool:
+    """Whether Inductor can compute ``producer`` inside ``consumer``'s kernel."""
+    return producer in FUSIBLE and consumer in FUSIBLE
+
+
+def recompute_time(
+    recomputed: Collection[fx.Node],
+    costs: dict[fx.Node, NodeCost],
+    spec: DeviceSpec,
+) -> Expr:
+    """Predicted extra backward time of recomputing ``recomputed`` (an expression in size symbols)."""
+    recomputed = set(recomputed)
+    total: Expr = ZERO
+    for node in recomputed:
+        cost = costs[node]
+        if cost.op_class not in FUSIBLE:
+            total += cost.standalone_s(spec)
+            continue
+        read: Expr = ZERO
+        for arg in node.all_input_nodes:
+            in_kernel = arg in recomputed and fuses(costs[arg].op_class, cost.op_class)
+            val = arg.meta.get("val")
+            if not in_kernel and hasattr(val, "dtype") and hasattr(val, "shape"):
+                read += tensor_bytes(val)
+        total += cost.fused_s(spec, read)
+        if any(not fuses(cost.op_class, costs[u].op_class) for u in node.users if u in costs):
+            total += sympy.Float(spec.launch_s) + cost.bytes_written / sympy.Float(spec.bandwidth)
+    return total
