@@ -38,7 +38,13 @@ class DeviceSpec:
     launch_s: float = GPU_LAUNCH_S
 
     def peak_flops(self, dtype: torch.dtype, *, tensor_core: bool) -> float:
-        """Peak for ``dtype``; fp32 matmuls use TF32 tensor cores when torch allows it."""
+        """Peak for ``dtype``; fp32 matmuls use TF32 tensor cores when torch allows it.
+
+        Everything that is not a matmul runs on the vector units in fp32 (Inductor upcasts bf16
+        pointwise maths), whatever the tensors' dtype.
+        """
+        if not tensor_core:
+            return self.flops.get("vector", self.flops["fp32"])
         if dtype in (torch.bfloat16, torch.float16):
             return self.flops["bf16"]
         if dtype in (torch.float8_e4m3fn, torch.float8_e5m2):
@@ -69,8 +75,15 @@ SPECS: dict[str, DeviceSpec] = {
         _gpu("l4", "ada", 30.3, 60, 121, 242, 0.3),
         _gpu("l40s", "ada", 91.6, 183, 362, 733, 0.864),
         _gpu("rtx-4090", "ada", 82.6, 82.6, 165.2, 330.3, 1.008),
-        # A modest x86 server slice (a few AVX2/AVX-512 cores): calibrate for real figures.
-        DeviceSpec("cpu", "cpu", {"fp32": 200 * GIGA, "bf16": 100 * GIGA}, 20 * GIGA, CPU_LAUNCH_S),
+        # A modest x86 server slice (a few AVX2/AVX-512 cores): FMA peak for BLAS, a quarter of it for
+        # generated loops (no FMA pairing, gathers, tails). Calibrate for real figures.
+        DeviceSpec(
+            "cpu",
+            "cpu",
+            {"fp32": 200 * GIGA, "bf16": 100 * GIGA, "vector": 50 * GIGA},
+            20 * GIGA,
+            CPU_LAUNCH_S,
+        ),
     )
 }
 

@@ -3,7 +3,7 @@
 FLOPs come from ``torch.utils.flop_counter``'s formulas; we add what it lacks for transformers: the
 CPU flash-attention kernels and causal masking (its SDPA formulas count the full score matrix, while
 causal kernels skip the masked half). Ops without a formula (pointwise, reductions) count one
-operation per output element, which is what a memory-bound kernel does.
+operation per output element (``TRANSCENDENTAL_FLOPS`` for exp, erf, tanh and friends).
 
 Shapes may be symbolic (dynamic shapes). Everything here is built from the FakeTensor metadata without
 guarding: a SymInt contributes its sympy expression; ``hint`` evaluates an expression with the shape
@@ -19,6 +19,8 @@ import torch
 import torch.fx as fx
 import torch.utils._pytree as pytree
 from torch.utils.flop_counter import flop_registry
+
+from autoremat.passes.op_classes import bound_args
 
 aten = torch.ops.aten
 
@@ -69,14 +71,6 @@ def input_tensors(node: fx.Node) -> list[tuple[fx.Node, torch.Tensor]]:
     return found
 
 
-def _bound_args(node: fx.Node) -> dict[str, Any]:
-    schema = node.target._schema
-    bound = {a.name: a.default_value for a in schema.arguments if a.has_default_value()}
-    bound.update({a.name: v for a, v in zip(schema.arguments, node.args, strict=False)})
-    bound.update(node.kwargs)
-    return bound
-
-
 _ATTENTION_FWD = {
     aten._scaled_dot_product_flash_attention,
     aten._scaled_dot_product_flash_attention_for_cpu,
@@ -102,7 +96,7 @@ ATTENTION_BACKWARD_FACTOR = sympy.Rational(5, 2)
 
 def attention_flops(node: fx.Node) -> Expr:
     """2·B·H·Sq·Sk·(D + Dv) for QKᵀ and PV, halved when causal, ×5/2 for the backward kernels."""
-    args = _bound_args(node)
+    args = bound_args(node)
     q, k, v = (args[name].meta["val"] for name in ("query", "key", "value"))
     # Layouts differ between kernels (B,H,S,D vs B,S,H,D) but every dimension but the sequence and
     # head dims multiply in the same way, so take Sq and Sk from the positions that differ.
@@ -132,6 +126,47 @@ def attention_flops(node: fx.Node) -> Expr:
     return sympy.expand(flops)
 
 
+#: exp, erf, tanh, log, ... are evaluated by polynomial approximations: about ten vector instructions
+#: per element on CPUs (Sleef), and on GPUs through special-function units at a fraction of the FMA
+#: rate. Counting them as this many FLOPs puts them on the same scale as adds and multiplies.
+TRANSCENDENTAL_FLOPS = 10
+_TRANSCENDENTAL = {
+    aten.exp,
+    aten.exp2,
+    aten.expm1,
+    aten.log,
+    aten.log1p,
+    aten.log2,
+    aten.log10,
+    aten.erf,
+    aten.erfc,
+    aten.erfinv,
+    aten.tanh,
+    aten.sigmoid,
+    aten.sin,
+    aten.cos,
+    aten.tan,
+    aten.asin,
+    aten.acos,
+    aten.atan,
+    aten.atan2,
+    aten.sinh,
+    aten.cosh,
+    aten.pow,
+    aten.rsqrt,
+    aten.sqrt,
+    aten.reciprocal,
+    aten.gelu,
+    aten.silu,
+    aten.softplus,
+    aten.lgamma,
+    aten.digamma,
+    aten._softmax,
+    aten._log_softmax,
+    aten.logsumexp,
+}
+
+
 def _formula_flops(node: fx.Node, formula) -> Expr | None:
     def meta(arg: object) -> object:
         return arg.meta.get("val") if isinstance(arg, fx.Node) else arg
@@ -155,7 +190,11 @@ def node_flops_expr(node: fx.Node) -> Expr:
         flops = _formula_flops(node, formula)
         if flops is not None:
             return flops
-    return sum((tensor_numel(t) for t in output_tensors(node)), sympy.Integer(0))
+    per_element = TRANSCENDENTAL_FLOPS if packet in _TRANSCENDENTAL else 1
+    elements = sum((tensor_numel(t) for t in output_tensors(node)), sympy.Integer(0))
+    if packet in (aten._softmax, aten._log_softmax):
+        elements = elements * 2  # a max pass and a normalising pass around the exponentials
+    return per_element * elements
 
 
 def node_flops(node: fx.Node, hints: dict[sympy.Symbol, int] | None = None) -> int:

@@ -23,7 +23,7 @@ import torch.fx as fx
 
 from autoremat.cost_models.device_specs import DeviceSpec
 from autoremat.cost_models.flops import Expr, tensor_bytes
-from autoremat.cost_models.roofline import ZERO, NodeCost
+from autoremat.cost_models.roofline import FREE, ZERO, NodeCost
 from autoremat.passes.op_classes import OpClass
 
 #: Op classes Inductor lowers to generated loops that it can fuse with each other.
@@ -68,3 +68,49 @@ def recompute_time(
         if any(not fuses(cost.op_class, costs[u].op_class) for u in node.users if u in costs):
             total += sympy.Float(spec.launch_s) + cost.bytes_written / sympy.Float(spec.bandwidth)
     return total
+
+
+def kernels(nodes: Collection[fx.Node], costs: dict[fx.Node, NodeCost]) -> list[list[fx.Node]]:
+    """Group ``nodes`` into the kernels Inductor would generate: connected fusible nodes form one
+    kernel, every other node is a kernel of its own; free nodes (views...) launch nothing."""
+    nodes = [n for n in nodes if n in costs]
+    parent = {n: n for n in nodes}
+
+    def find(n: fx.Node) -> fx.Node:
+        while parent[n] is not n:
+            parent[n] = parent[parent[n]]
+            n = parent[n]
+        return n
+
+    for node in nodes:
+        for arg in node.all_input_nodes:
+            if arg in parent and fuses(costs[arg].op_class, costs[node].op_class):
+                parent[find(arg)] = find(node)
+    groups: dict[fx.Node, list[fx.Node]] = {}
+    for node in nodes:
+        groups.setdefault(find(node), []).append(node)
+    return list(groups.values())
+
+
+def kernel_time(group: list[fx.Node], costs: dict[fx.Node, NodeCost], spec: DeviceSpec) -> Expr:
+    """Roofline time of one generated kernel: it reads what comes from outside the group, writes what
+    leaves it, and does all of its members' arithmetic."""
+    if len(group) == 1 and costs[group[0]].op_class not in FUSIBLE:
+        return costs[group[0]].standalone_s(spec)
+    members = set(group)
+    if all(costs[n].op_class in FREE for n in group):
+        return ZERO
+    compute: Expr = ZERO
+    moved: Expr = ZERO
+    read_from: set[fx.Node] = set()
+    for node in group:
+        compute += costs[node].compute_s(spec)
+        for arg in node.all_input_nodes:
+            val = arg.meta.get("val")
+            if arg not in members and arg not in read_from and hasattr(val, "shape"):
+                read_from.add(arg)
+                moved += tensor_bytes(val)
+        leaves = any(u not in members for u in node.users)
+        if leaves and costs[node].op_class not in FREE:
+            moved += costs[node].bytes_written
+    return sympy.Float(spec.launch_s) + sympy.Max(compute, moved / sympy.Float(spec.bandwidth))

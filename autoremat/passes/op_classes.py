@@ -172,6 +172,24 @@ def _packet_name(target: object) -> str:
     return f"{packet._qualified_op_name.replace('::', '.')}" if packet is not None else ""
 
 
+def bound_args(node: fx.Node) -> dict[str, object]:
+    """The call's arguments by schema name, defaults filled in."""
+    schema = node.target._schema
+    bound = {a.name: a.default_value for a in schema.arguments if a.has_default_value()}
+    bound.update({a.name: v for a, v in zip(schema.arguments, node.args, strict=False)})
+    bound.update(node.kwargs)
+    return bound
+
+
+def _draws_random_numbers(node: fx.Node) -> bool:
+    """Tagged nondeterministic_seeded, unless the only randomness is a dropout with p == 0 (attention
+    kernels carry the tag for their optional dropout)."""
+    if torch.Tag.nondeterministic_seeded not in node.target.tags:
+        return False
+    dropout_p = bound_args(node).get("dropout_p")
+    return not (isinstance(dropout_p, (int, float)) and dropout_p == 0)
+
+
 def classify(node: fx.Node) -> OpClass:
     """The OpClass of one node. Order matters: hazards (mutation, randomness, effects) win."""
     if node.op == "placeholder":
@@ -195,7 +213,7 @@ def classify(node: fx.Node) -> OpClass:
     if _packet_name(target) in _SEEDED_DETERMINISTIC:
         return OpClass.POINTWISE
     tags = set(target.tags)
-    if torch.Tag.nondeterministic_seeded in tags:
+    if _draws_random_numbers(node):
         return OpClass.RANDOM
     if getattr(target, "is_view", False):
         return OpClass.VIEW
