@@ -65,7 +65,7 @@ def recompute_time(
             if not in_kernel and hasattr(val, "dtype") and hasattr(val, "shape"):
                 read += tensor_bytes(val)
         total += cost.fused_s(spec, read)
-        if any(not fuses(cost.op_class, costs[u].op_class) for u in node.users if u in costs):
+        if any(not fuses(cost.op_class, costs[u].op_class) for u in node.users if u.op != "output"):
             total += sympy.Float(spec.launch_s) + cost.bytes_written / sympy.Float(spec.bandwidth)
     return total
 

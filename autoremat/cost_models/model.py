@@ -47,8 +47,20 @@ class CostModel:
         return hashlib.sha256(repr(parts).encode()).hexdigest()
 
     def for_graph(self, analysis: JointGraphAnalysis) -> GraphCosts:
-        costs = {n: node_cost(n, f.op_class) for n, f in analysis.facts.items()}
+        costs = _LazyCosts(analysis)
         return GraphCosts(self.effective_spec, costs, compat.graph_symbol_hints(analysis.graph))
+
+
+class _LazyCosts(dict):
+    """Node → NodeCost, computed on first use: solvers only ever ask about a fraction of the nodes."""
+
+    def __init__(self, analysis: JointGraphAnalysis) -> None:
+        super().__init__()
+        self._facts = analysis.facts
+
+    def __missing__(self, node: fx.Node) -> NodeCost:
+        cost = self[node] = node_cost(node, self._facts[node].op_class)
+        return cost
 
 
 @dataclass
