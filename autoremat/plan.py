@@ -26,6 +26,17 @@ class SavedValue:
     shape: tuple[str, ...]
     dtype: str
     nbytes: int
+    #: the user's source line that produced it (from the node's stack trace), if known
+    source: str = ""
+
+
+@dataclass(frozen=True)
+class RecomputedOp:
+    """One forward op the backward recomputes, with its predicted marginal (fused) time."""
+
+    name: str
+    op: str
+    predicted_s: float | None = None
 
 
 @dataclass
@@ -39,8 +50,8 @@ class Plan:
     #: activation bytes kept for backward: storages once, graph inputs and parameters excluded
     #: (None when torch's partitioner made the plan and we did not analyse it)
     saved_bytes: int | None
-    #: forward ops the backward recomputes (op names, graph order)
-    recomputed: list[str]
+    #: forward ops the backward recomputes (graph order)
+    recomputed: list[RecomputedOp]
     num_joint_nodes: int
     partition_seconds: float
     #: device spec the costs were computed for
@@ -51,6 +62,14 @@ class Plan:
     recompute_time_expr: str | None = None
     #: size symbols the decision depended on (dynamic shapes)
     symbols: list[str] = field(default_factory=list)
+    #: predicted recompute time of the runtime-optimal (budget 1.0) plan of the same graph
+    runtime_optimal_recompute_s: float | None = None
+    #: relative optimality gap of the solver (0.0 = proven optimal for its objective; None = heuristic)
+    optimality_gap: float | None = None
+    #: True when this record was loaded from disk because Inductor's caches skipped the partitioner
+    from_cache: bool = False
+    #: identifies the compiled graph (Dynamo graph code, input metadata, options)
+    graph_key: str = ""
     target_bytes: int | None = None
     least_bytes: int | None = None
     runtime_optimal_bytes: int | None = None
@@ -66,7 +85,19 @@ class Plan:
     def from_dict(cls, data: dict[str, Any]) -> Plan:
         data = dict(data)
         data["saved"] = [SavedValue(**{**s, "shape": tuple(s["shape"])}) for s in data["saved"]]
+        data["recomputed"] = [RecomputedOp(**r) for r in data["recomputed"]]
         return cls(**data)
+
+    @classmethod
+    def from_json(cls, text: str) -> Plan:
+        return cls.from_dict(json.loads(text))
+
+    @property
+    def predicted_overhead_s(self) -> float | None:
+        """Predicted step-time cost of this plan over the runtime-optimal one."""
+        if self.predicted_recompute_s is None or self.runtime_optimal_recompute_s is None:
+            return None
+        return self.predicted_recompute_s - self.runtime_optimal_recompute_s
 
     def summary(self) -> str:
         saved = "unknown" if self.saved_bytes is None else f"{self.saved_bytes}"

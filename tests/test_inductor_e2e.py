@@ -45,4 +45,4 @@ def test_inductor_dropout_mask_is_replayed_exactly(budget):
     (plan,) = autoremat.recent_plans()
     if budget == 0.0:
         # Inductor's seeded random op is recomputed from its saved seed rather than saving the mask.
-        assert any(r.startswith("inductor_random") for r in plan.recomputed), plan.recomputed
+        assert any(r.op.startswith("inductor_random") for r in plan.recomputed), plan.recomputed

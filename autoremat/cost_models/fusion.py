@@ -51,12 +51,21 @@ def recompute_time(
     spec: DeviceSpec,
 ) -> Expr:
     """Predicted extra backward time of recomputing ``recomputed`` (an expression in size symbols)."""
+    return sum(recompute_times(recomputed, costs, spec).values(), ZERO)
+
+
+def recompute_times(
+    recomputed: Collection[fx.Node],
+    costs: dict[fx.Node, NodeCost],
+    spec: DeviceSpec,
+) -> dict[fx.Node, Expr]:
+    """Each recomputed node's marginal share of the extra backward time."""
     recomputed = set(recomputed)
-    total: Expr = ZERO
+    times: dict[fx.Node, Expr] = {}
     for node in recomputed:
         cost = costs[node]
         if cost.op_class not in FUSIBLE:
-            total += cost.standalone_s(spec)
+            times[node] = cost.standalone_s(spec)
             continue
         read: Expr = ZERO
         for arg in node.all_input_nodes:
@@ -64,10 +73,10 @@ def recompute_time(
             val = arg.meta.get("val")
             if not in_kernel and hasattr(val, "dtype") and hasattr(val, "shape"):
                 read += tensor_bytes(val)
-        total += cost.fused_s(spec, read)
+        times[node] = cost.fused_s(spec, read)
         if any(not fuses(cost.op_class, costs[u].op_class) for u in node.users if u.op != "output"):
-            total += sympy.Float(spec.launch_s) + cost.bytes_written / sympy.Float(spec.bandwidth)
-    return total
+            times[node] += sympy.Float(spec.launch_s) + cost.bytes_written / sympy.Float(spec.bandwidth)
+    return times
 
 
 def kernels(nodes: Collection[fx.Node], costs: dict[fx.Node, NodeCost]) -> list[list[fx.Node]]:

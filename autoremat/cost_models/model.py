@@ -19,7 +19,7 @@ from autoremat import _torch_compat as compat
 from autoremat.cost_models.calibration import Calibration
 from autoremat.cost_models.device_specs import DeviceSpec
 from autoremat.cost_models.flops import Expr, hint
-from autoremat.cost_models.fusion import FUSIBLE, recompute_time
+from autoremat.cost_models.fusion import FUSIBLE, recompute_time, recompute_times
 from autoremat.cost_models.roofline import NodeCost, node_cost
 from autoremat.passes.analysis import JointGraphAnalysis
 
@@ -89,6 +89,9 @@ class GraphCosts:
 
     def recompute_time(self, recomputed: Collection[fx.Node]) -> Expr:
         return recompute_time(recomputed, self.costs, self.spec)
+
+    def recompute_times(self, recomputed: Collection[fx.Node]) -> dict[fx.Node, Expr]:
+        return recompute_times(recomputed, self.costs, self.spec)
 
 
 def default_cost_model(

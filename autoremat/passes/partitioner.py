@@ -26,8 +26,9 @@ from autoremat.options import RematOptions
 from autoremat.passes.analysis import JointGraphAnalysis, analyse
 from autoremat.passes.interim_budget import solve_to_target
 from autoremat.passes.mincut import CutResult, cheap_by, solve_min_cut
+from autoremat.passes.plan_builder import build_plan
 from autoremat.passes.rewrite import recomputed_ops, split_joint_graph
-from autoremat.plan import Plan, SavedValue, record
+from autoremat.plan import Plan, RecomputedOp, record
 
 log = logging.getLogger("autoremat")
 
@@ -43,14 +44,6 @@ def _source_digest() -> str:
     """Hash of the package's own source: any code change must invalidate Inductor's caches."""
     files = tuple(sorted(str(p) for p in _PACKAGE_DIR.rglob("*.py")))
     return compat.get_hash_for_files(files).hex()
-
-
-def _saved_value(node: fx.Node, analysis: JointGraphAnalysis) -> SavedValue:
-    value = node.meta.get("val")
-    shape = tuple(str(s) for s in getattr(value, "shape", ()))
-    dtype = str(getattr(value, "dtype", type(value).__name__)).replace("torch.", "")
-    op = str(getattr(node.target, "__name__", node.target)) if node.op == "call_function" else node.op
-    return SavedValue(node.name, op, shape, dtype, analysis.facts[node].save_bytes)
 
 
 class RematPartitioner(compat.CustomPartitionerFn):
@@ -103,7 +96,7 @@ class RematPartitioner(compat.CustomPartitionerFn):
                 status="fallback",
                 saved=[],
                 saved_bytes=None,
-                recomputed=recomputed_ops(fw, bw),
+                recomputed=[RecomputedOp(name, "") for name in recomputed_ops(fw, bw)],
                 num_joint_nodes=len(gm.graph.nodes),
                 partition_seconds=0.0,
                 notes=[f"fallback after {type(exc).__name__}: {exc}"],
@@ -131,39 +124,35 @@ class RematPartitioner(compat.CustomPartitionerFn):
         )
         model = default_cost_model(_graph_device(gm.graph), self.options.device, self.calibration)
         costs = model.for_graph(analysis)
-        cut, solver, status, extra = self._solve(analysis, costs)
+        cut, high, solver, status, extra = self._solve(analysis, costs)
         fw, bw = split_joint_graph(gm, analysis, cut.saved)
-        recompute_s = costs.recompute_time(_recomputed_nodes(analysis, cut))
-        plan = Plan(
+        plan = build_plan(
+            analysis=analysis,
+            costs=costs,
+            cut=cut,
+            runtime_optimal=high,
+            fw=fw,
+            bw=bw,
             budget=self.options.memory_budget.describe(),
             solver=solver,
             status=status,
-            saved=[_saved_value(n, analysis) for n in cut.saved],
-            saved_bytes=cut.storage_bytes(analysis),
-            recomputed=recomputed_ops(fw, bw),
-            num_joint_nodes=len(analysis.order),
-            partition_seconds=0.0,
-            device=costs.spec.name,
-            predicted_recompute_s=costs.value(recompute_s),
-            recompute_time_expr=str(recompute_s) if recompute_s.free_symbols else None,
-            symbols=sorted(str(s) for s in recompute_s.free_symbols | _saved_symbols(cut)),
-            notes=list(analysis.notes) + extra.pop("notes", []),
-            **extra,
+            extra=extra,
         )
         return fw, bw, plan
 
     def _solve(
         self, analysis: JointGraphAnalysis, costs: GraphCosts
-    ) -> tuple[CutResult, str, str, dict[str, Any]]:
+    ) -> tuple[CutResult, CutResult, str, str, dict[str, Any]]:
+        """(chosen cut, runtime-optimal cut, solver name, status, extra plan fields)."""
         budget = self.options.memory_budget
         rules = cheap_by(analysis, costs.is_cheap_to_recompute)
         high = solve_min_cut(analysis, rules)
         if budget.kind == "auto":
             note = "memory_budget='auto' is not enforced yet: planned the runtime-optimal cut"
             log.warning("autoremat: %s", note)
-            return high, "min-cut", "optimal", {"notes": [note]}
+            return high, high, "min-cut", "optimal", {"notes": [note], "optimality_gap": 0.0}
         if budget.kind == "fraction" and budget.value >= 1.0:
-            return high, "min-cut", "optimal", {}
+            return high, high, "min-cut", "optimal", {"optimality_gap": 0.0}
         target = (
             {"fraction": float(budget.value)}
             if budget.kind == "fraction"
@@ -187,7 +176,7 @@ class RematPartitioner(compat.CustomPartitionerFn):
             log.warning("autoremat: %s", message)
             extra["notes"].append(message)
             status = "budget-infeasible"
-        return outcome.cut, "interim-budget", status, extra
+        return outcome.cut, high, "interim-budget", status, extra
 
 
 def _graph_device(graph: fx.Graph) -> torch.device | None:
@@ -196,27 +185,3 @@ def _graph_device(graph: fx.Graph) -> torch.device | None:
         if isinstance(value, torch.Tensor):
             return value.device
     return None
-
-
-def _recomputed_nodes(analysis: JointGraphAnalysis, cut: CutResult) -> set[fx.Node]:
-    """Forward nodes the backward must recompute: ancestors of what it reads, stopping at saved values."""
-    saved = set(cut.saved)
-    needed: set[fx.Node] = set()
-    stack = [n for n in analysis.backward_reads if n not in saved]
-    while stack:
-        node = stack.pop()
-        if node in needed or node in saved or node.op == "placeholder":
-            continue
-        needed.add(node)
-        stack.extend(node.all_input_nodes)
-    return {n for n in needed if analysis.is_forward(n)}
-
-
-def _saved_symbols(cut: CutResult) -> set[Any]:
-    symbols: set[Any] = set()
-    for node in cut.saved:
-        value = node.meta.get("val")
-        for size in getattr(value, "shape", ()):
-            if isinstance(size, torch.SymInt):
-                symbols |= size.node.expr.free_symbols
-    return symbols
