@@ -69,6 +69,7 @@ __all__ = [
     "get_hash_for_files",
     "graph_symbol_hints",
     "hint_int",
+    "inductor_cache_dir",
     "inductor_config",
     "inductor_mode_names",
     "inductor_mode_options",
@@ -207,3 +208,10 @@ def graph_symbol_hints(graph: fx.Graph) -> dict[Any, int]:
                     shape_env = size.node.shape_env
                     return {s: int(v) for s, v in shape_env.var_to_val.items()}
     return {}
+
+
+def inductor_cache_dir() -> str:
+    """Inductor's on-disk cache root (TORCHINDUCTOR_CACHE_DIR or its default)."""
+    from torch._inductor.runtime.cache_dir_utils import cache_dir
+
+    return cache_dir()

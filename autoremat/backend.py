@@ -15,8 +15,10 @@ import torch
 import torch.fx as fx
 
 from autoremat import _torch_compat as compat
+from autoremat import plan as plan_module
+from autoremat import plan_store
 from autoremat.options import RematOptions, resolve_options
-from autoremat.passes.partitioner import RematPartitioner
+from autoremat.passes.partitioner import RematPartitioner, announce
 
 CompiledFn = Callable[..., Any]
 
@@ -24,6 +26,21 @@ CompiledFn = Callable[..., Any]
 def compile_graph(gm: fx.GraphModule, example_inputs: Sequence[Any], options: RematOptions) -> CompiledFn:
     """Compile one Dynamo graph under ``options``."""
     partitioner = RematPartitioner(options, _inputs_device(example_inputs))
+    partitioner.graph_key = plan_store.graph_key(gm, example_inputs, partitioner.uuid())
+    before = plan_module.recorded_count()
+    compiled = _compile(gm, example_inputs, options, partitioner)
+    made = plan_module.recorded_since(before)
+    if made:
+        plan_store.save(partitioner.graph_key, made)
+    else:  # a cache hit skipped the partitioner: report the plans it made when the artifact was built
+        for plan in plan_store.load(partitioner.graph_key):
+            announce(plan)
+    return compiled
+
+
+def _compile(
+    gm: fx.GraphModule, example_inputs: Sequence[Any], options: RematOptions, partitioner: RematPartitioner
+) -> CompiledFn:
     if options.compiler == "eager":
         return codegen_free_backend(partitioner)(gm, example_inputs)
     patches: dict[str, Any] = {

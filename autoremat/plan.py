@@ -115,8 +115,23 @@ class Plan:
         )
 
 
+_RECORDED = 0  # plans recorded so far (not capped like _RECENT): lets a caller see what a compile added
+
+
 def record(plan: Plan) -> None:
+    global _RECORDED
     _RECENT.append(plan)
+    _RECORDED += 1
+
+
+def recorded_count() -> int:
+    return _RECORDED
+
+
+def recorded_since(count: int) -> list[Plan]:
+    """Plans recorded after ``recorded_count()`` returned ``count`` (within the ring buffer)."""
+    new = _RECORDED - count
+    return list(_RECENT)[-new:] if new > 0 else []
 
 
 def recent_plans() -> list[Plan]:

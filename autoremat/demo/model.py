@@ -88,3 +88,10 @@ def example_batch(cfg: GPTConfig, batch: int, seq: int, seed: int = 0) -> tuple[
     gen = torch.Generator().manual_seed(seed)
     data = torch.randint(0, cfg.vocab_size, (batch, seq + 1), generator=gen)
     return data[:, :-1].contiguous(), data[:, 1:].contiguous()
+
+
+def factory() -> tuple[GPT, tuple[torch.Tensor, torch.Tensor]]:
+    """(model, example inputs) of the demo GPT, for ``autoremat explain autoremat.demo.model:factory``."""
+    torch.manual_seed(0)
+    cfg = GPTConfig()
+    return GPT(cfg), example_batch(cfg, batch=8, seq=128)

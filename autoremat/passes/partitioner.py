@@ -58,6 +58,8 @@ class RematPartitioner(compat.CustomPartitionerFn):
     def __init__(self, options: RematOptions, device: torch.device | None = None) -> None:
         self.options = options
         self.calibration = calibrate(device) if options.calibrate else None
+        #: set by the backend before each compile; stamped on plans so they can be stored and found
+        self.graph_key = ""
 
     def uuid(self) -> str:
         cal = self.calibration.fingerprint() if self.calibration else ""
@@ -102,13 +104,8 @@ class RematPartitioner(compat.CustomPartitionerFn):
                 notes=[f"fallback after {type(exc).__name__}: {exc}"],
             )
         plan.partition_seconds = time.perf_counter() - start
-        record(plan)
-        log.info("%s", plan.summary())
-        compat.trace_structured(
-            "artifact",
-            metadata_fn=lambda: {"name": "autoremat_plan", "encoding": "json"},
-            payload_fn=plan.to_json,
-        )
+        plan.graph_key = self.graph_key
+        announce(plan)
         return fw, bw
 
     def _partition(
@@ -185,3 +182,14 @@ def _graph_device(graph: fx.Graph) -> torch.device | None:
         if isinstance(value, torch.Tensor):
             return value.device
     return None
+
+
+def announce(plan: Plan) -> None:
+    """Record a plan in this process, log it and emit it as a structured trace artifact."""
+    record(plan)
+    log.info("%s%s", plan.summary(), " (from cache)" if plan.from_cache else "")
+    compat.trace_structured(
+        "artifact",
+        metadata_fn=lambda: {"name": "autoremat_plan", "encoding": "json"},
+        payload_fn=plan.to_json,
+    )

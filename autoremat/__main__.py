@@ -1,0 +1,5 @@
+import sys
+
+from autoremat.cli import main
+
+sys.exit(main())

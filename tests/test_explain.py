@@ -1,0 +1,145 @@
+"""autoremat.explain, its CLI, and plans that survive Inductor's caches."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+import autoremat
+from autoremat.explain import Report
+from tests.explain_factory import make
+from tests.models import ConvNet
+
+
+def test_report_names_saved_tensors_with_source_lines():
+    model, inputs = make()
+    report = autoremat.explain(model, *inputs, memory_budget=1.0)
+    (plan,) = report.plans
+    saved = {v.op: v for v in plan.saved}
+    # fc2's weight gradient needs relu's output; relu is the latest value that provides it.
+    assert "relu.default" in saved and saved["relu.default"].shape == ("8", "32")
+    assert (
+        "explain_factory.py" in saved["relu.default"].source
+        and "torch.relu(h)" in saved["relu.default"].source
+    )
+    assert plan.recomputed == [] and plan.optimality_gap == 0.0
+    text = str(report)
+    assert "relu.default" in text and "nothing is recomputed" in text
+
+
+def test_least_memory_report_recomputes_the_matmul():
+    model, inputs = make()
+    (plan,) = autoremat.explain(model, *inputs, memory_budget=0.0).plans
+    ops = {r.op for r in plan.recomputed}
+    assert {"addmm.default", "relu.default"} <= ops, ops
+    assert plan.saved_bytes == 0 and plan.predicted_overhead_s > 0
+    assert all(
+        r.predicted_s is not None and r.predicted_s > 0 for r in plan.recomputed if r.op != "permute.default"
+    )
+
+
+def test_json_round_trip():
+    model, inputs = make()
+    report = autoremat.explain(model, *inputs, memory_budget=0.5)
+    again = Report.from_json(report.to_json())
+    assert again == report and again.to_json() == report.to_json()
+
+
+def test_explain_restores_buffers():
+    model = ConvNet().train()
+    before = {k: v.clone() for k, v in model.named_buffers()}
+    autoremat.explain(model, torch.randn(2, 3, 8, 8))
+    for name, value in model.named_buffers():
+        torch.testing.assert_close(value, before[name], msg=name)
+
+
+def test_pareto_sweep_is_monotone_and_plots(tmp_path):
+    model, inputs = make()
+    report = autoremat.explain(model, *inputs)
+    path = tmp_path / "pareto.png"
+    points = report.pareto([1.0, 0.5, 0.0], path=str(path))
+    assert [p.budget for p in points] == ["1.0", "0.5", "0.0"]
+    assert points[0].activation_bytes >= points[1].activation_bytes >= points[2].activation_bytes
+    assert points[0].predicted_recompute_s <= points[2].predicted_recompute_s
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_pareto_needs_a_live_report():
+    model, inputs = make()
+    loaded = Report.from_json(autoremat.explain(model, *inputs).to_json())
+    with pytest.raises(ValueError, match="loaded from JSON"):
+        loaded.pareto()
+
+
+def test_cli_explain_writes_json_and_plot(tmp_path):
+    out_json, out_png = tmp_path / "r.json", tmp_path / "p.png"
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "autoremat",
+            "explain",
+            "tests.explain_factory:make",
+            "--budget",
+            "0.5",
+            "--json",
+            str(out_json),
+            "--plot",
+            str(out_png),
+            "--sweep",
+            "1.0",
+            "0.0",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=os.path.dirname(os.path.dirname(__file__)),
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "| saved | op |" in result.stdout
+    assert json.loads(out_json.read_text())["plans"][0]["budget"] == "0.5"
+    assert out_png.stat().st_size > 1000
+
+
+def test_cli_rejects_a_bad_factory():
+    result = subprocess.run(
+        [sys.executable, "-m", "autoremat", "explain", "no_such_module"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode != 0 and "MODULE:FACTORY" in result.stderr
+
+
+WARM_CACHE_SCRIPT = textwrap.dedent(
+    """
+    import json, torch, autoremat
+    from tests.explain_factory import make
+    model, (x,) = make()
+    x.requires_grad_(True)
+    compiled = torch.compile(model, backend="autoremat", options={"memory_budget": 0.5})
+    compiled(x).backward()
+    print(json.dumps([[p.from_cache, [v.name for v in p.saved]] for p in autoremat.recent_plans()]))
+    """
+)
+
+
+def test_plan_is_reported_on_a_warm_cache_in_a_second_process(tmp_path):
+    env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "inductor"), "PYTHONPATH": os.getcwd()}
+    env.pop("TORCHINDUCTOR_FORCE_DISABLE_CACHES", None)
+    runs = []
+    for _ in range(2):
+        result = subprocess.run(
+            [sys.executable, "-c", WARM_CACHE_SCRIPT], capture_output=True, text=True, timeout=300, env=env
+        )
+        assert result.returncode == 0, result.stderr[-3000:]
+        runs.append(json.loads(result.stdout.strip().splitlines()[-1]))
+    (cold,), (warm,) = runs
+    assert cold[0] is False and warm[0] is True, "the second process should hit Inductor's cache"
+    assert warm[1] == cold[1]
