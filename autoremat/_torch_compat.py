@@ -84,6 +84,7 @@ __all__ = [
     "is_with_effects",
     "partitioner_tag",
     "polish_partitioned_modules",
+    "profiler_memory_events",
     "py_sym_types",
     "select_decomp_table",
     "torch_default_partition",
@@ -215,3 +216,14 @@ def inductor_cache_dir() -> str:
     from torch._inductor.runtime.cache_dir_utils import cache_dir
 
     return cache_dir()
+
+
+def profiler_memory_events(prof: Any) -> list[tuple[int, int]]:
+    """(start ns, bytes) of every allocator event a ``torch.profiler.profile(profile_memory=True)``
+    recorded: positive for allocations, negative for frees. ``prof.events()`` keeps only the events it
+    can attach to an op, so this reads the raw Kineto results."""
+    return [
+        (e.start_ns(), e.nbytes())
+        for e in prof.profiler.kineto_results.events()
+        if e.name() == "[memory]"
+    ]

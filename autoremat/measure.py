@@ -117,3 +117,20 @@ def capture_joint_graphs(model: Callable[..., object], *inputs: torch.Tensor) ->
     torch.compiler.reset()
     torch.compile(model, backend=codegen_free_backend(grab))(*inputs)
     return captured
+
+
+def cpu_peak_bytes(step: Callable[[], object]) -> int:
+    """Peak of live CPU allocator bytes during ``step``, above what was live when it started.
+
+    Replays the allocator's ``[memory]`` events of ``torch.profiler`` (allocations positive, frees
+    negative) in order into a running total.
+    """
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        step()
+    live = peak = 0
+    for _, nbytes in sorted(compat.profiler_memory_events(prof)):
+        live += nbytes
+        peak = max(peak, live)
+    return peak

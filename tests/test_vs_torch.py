@@ -34,10 +34,23 @@ def _cases():
         "transformer": (Transformer(d=32, layers=2), (torch.randn(4, 16, 32, requires_grad=True),)),
         "gpt": (GPT(gpt_cfg), example_batch(gpt_cfg, 4, 32)),
         "convnet": (ConvNet(c=8), (torch.randn(4, 3, 16, 16, requires_grad=True),)),
+        # regression: a loss target is a graph input; saving it must not count as activation memory
+        "mlp_mse_target": (MSEChain(), (torch.randn(16, 32), torch.randn(16, 32))),
     }
 
 
-@pytest.mark.parametrize("name", ["mlp", "transformer", "gpt", "convnet"])
+class MSEChain(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.layers = torch.nn.ModuleList(torch.nn.Linear(32, 32) for _ in range(4))
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        for layer in self.layers:
+            x = torch.tanh(layer(x))
+        return torch.nn.functional.mse_loss(x, y)
+
+
+@pytest.mark.parametrize("name", ["mlp", "transformer", "gpt", "convnet", "mlp_mse_target"])
 def test_budget_one_saves_no_more_than_torch(name, capsys):
     model, inputs = _cases()[name]
     torch_bytes = _saved_bytes(model, codegen_free_backend(compat.torch_min_cut_partition), inputs)

@@ -33,7 +33,8 @@ class NodeFacts:
     """What the solvers need to know about one node."""
 
     op_class: OpClass
-    #: bytes of the storage that saving this value keeps alive (hinted; 0 for parameters and their views)
+    #: activation bytes saving this value keeps alive (hinted): its storage, charged once per base;
+    #: 0 for graph inputs and their views, which are not activations (DESIGN §4)
     save_bytes: int
     #: why the value cannot be saved, or None when it can
     unsaveable: str | None
@@ -43,6 +44,9 @@ class NodeFacts:
     must_recompute: bool
     #: node whose storage this value aliases (itself unless it is a view)
     storage_base: fx.Node
+    #: bytes of a non-parameter graph input (or view of one) that saving it keeps referenced: not
+    #: activation memory, but the solver still prefers not to extend an input's life for nothing
+    input_bytes: int = 0
 
 
 @dataclass
@@ -223,14 +227,16 @@ def analyse(
         if op_class is OpClass.VIEW and node.args and isinstance(node.args[0], fx.Node):
             base = facts[node.args[0]].storage_base  # saving a view keeps its base's storage alive
             nbytes = facts[base].save_bytes
-        if base in static_set:
+        input_bytes = 0
+        if base.op == "placeholder":
+            input_bytes = 0 if base in static_set else (nbytes if base is node else facts[base].input_bytes)
             nbytes = 0
         must_recompute = _tagged_must_recompute(node) and node not in boundaries
         never = _never_recompute_reason(node, op_class, node in forced_save, must_recompute)
         if must_recompute and never is not None:
             notes.append(f"{node.name}: recompute tag ignored ({never}); its value is saved instead")
             must_recompute = False
-        facts[node] = NodeFacts(op_class, nbytes, unsaveable, never, must_recompute, base)
+        facts[node] = NodeFacts(op_class, nbytes, unsaveable, never, must_recompute, base, input_bytes)
     for note in notes:
         log.debug("autoremat: %s", note)
     return JointGraphAnalysis(

@@ -11,8 +11,9 @@ recomputed there. Constraints:
 - a node that may not be recomputed under the active rules is pinned to the forward: ``source → v_in``;
 - a node the user tagged MUST_RECOMPUTE is pinned to the backward: ``v_in → sink``.
 
-Capacities are lexicographic integers: bytes first (the objective), then a tie-break that prefers
-saving values late in the forward, which shortens recompute chains among equally small cuts.
+Capacities are lexicographic integers: activation bytes first (the objective), then bytes of graph
+inputs kept referenced (free by DESIGN §4's definition, but not worth extending for nothing), then a
+tie-break that prefers saving values late in the forward, which shortens recompute chains.
 """
 
 from __future__ import annotations
@@ -79,7 +80,9 @@ def build_flow_network(analysis: JointGraphAnalysis, rules: RecomputeRules) -> n
     """The node-split network described in the module docstring (missing capacity = infinite)."""
     net = nx.DiGraph()
     n_nodes = len(analysis.order)
-    scale = (n_nodes + 1) ** 2  # exceeds any sum of tie-breaks (each < n_nodes, at most n_nodes of them)
+    # Each tier's unit exceeds the largest possible sum of all lower tiers over a cut.
+    input_scale = (n_nodes + 1) ** 2  # tie-breaks: each < n_nodes, at most n_nodes of them
+    bytes_scale = input_scale * (sum(f.input_bytes for f in analysis.facts.values()) + n_nodes + 1)
     for node, facts in analysis.facts.items():
         if node in analysis.tangent_closure:
             net.add_edge(_in(node), _SINK)
@@ -92,7 +95,8 @@ def build_flow_network(analysis: JointGraphAnalysis, rules: RecomputeRules) -> n
             net.add_edge(_SOURCE, _in(node))
         if facts.unsaveable is None:
             tie_break = n_nodes - analysis.order[node]
-            net.add_edge(_in(node), _out(node), capacity=facts.save_bytes * scale + tie_break)
+            capacity = facts.save_bytes * bytes_scale + facts.input_bytes * input_scale + tie_break
+            net.add_edge(_in(node), _out(node), capacity=capacity)
         else:
             net.add_edge(_in(node), _out(node))
         for user in node.users:
