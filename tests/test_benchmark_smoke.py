@@ -1,0 +1,61 @@
+"""The benchmark runner cannot rot: one tiny case of every strategy, and the report writers."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from benchmarks.run import CaseSpec, add_ratios, markdown, pareto_plot, run_case, splice_readme
+
+STRATEGIES = [
+    ("eager", None),
+    ("checkpoint", None),
+    ("compile", None),
+    ("torch_budget", "0.5"),
+    ("autoremat", "0.5"),
+    ("autoremat", "40000"),
+]
+
+
+@pytest.fixture(scope="module")
+def rows():
+    return [run_case(CaseSpec("deep_mlp", s, b, "smoke", "cpu", 1)) for s, b in STRATEGIES]
+
+
+def test_every_strategy_runs_and_matches_eager(rows):
+    for row in rows:
+        assert row["grad_max_rel_err"] < 1e-3, row
+        assert row["saved_bytes"] > 0 and row["peak_bytes"] > 0 and row["step_s"] > 0
+    autoremat_rows = [r for r in rows if r["strategy"] == "autoremat"]
+    assert all(r["predicted_saved_bytes"] == r["saved_bytes"] for r in autoremat_rows)
+    assert autoremat_rows[1]["saved_bytes"] <= 40000
+
+
+def test_reports_are_written(rows, tmp_path):
+    add_ratios(rows)
+    table = markdown(rows)
+    assert table.count("\n") == len(rows) + 1 and "autoremat@0.5" in table
+    pareto_plot("deep_mlp", rows, str(tmp_path / "p.png"))
+    assert (tmp_path / "p.png").stat().st_size > 1000
+    readme = tmp_path / "README.md"
+    readme.write_text("intro\n<!-- benchmark-results:start -->\nold\n<!-- benchmark-results:end -->\nrest\n")
+    splice_readme(str(readme), table)
+    text = readme.read_text()
+    assert "old" not in text and table in text and text.endswith("rest\n")
+
+
+def test_case_runs_in_a_subprocess():
+    spec = CaseSpec("deep_mlp", "eager", None, "smoke", "cpu", 1)
+    out = subprocess.run(
+        [sys.executable, "-m", "benchmarks.run", "--case", json.dumps(spec.__dict__)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=os.getcwd(),
+    )
+    line = next(x for x in out.stdout.splitlines() if x.startswith("RESULT "))
+    assert json.loads(line[len("RESULT ") :])["label"] == "eager"
