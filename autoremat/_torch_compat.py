@@ -223,7 +223,5 @@ def profiler_memory_events(prof: Any) -> list[tuple[int, int]]:
     recorded: positive for allocations, negative for frees. ``prof.events()`` keeps only the events it
     can attach to an op, so this reads the raw Kineto results."""
     return [
-        (e.start_ns(), e.nbytes())
-        for e in prof.profiler.kineto_results.events()
-        if e.name() == "[memory]"
+        (e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"
     ]
