@@ -20,7 +20,7 @@ import torch.fx as fx
 import torch.utils._pytree as pytree
 from torch.utils.flop_counter import flop_registry
 
-from autoremat.passes.op_classes import bound_args
+from autoremat.passes.op_classes import ATTENTION_BACKWARD, ATTENTION_FORWARD, bound_args
 
 aten = torch.ops.aten
 
@@ -71,22 +71,6 @@ def input_tensors(node: fx.Node) -> list[tuple[fx.Node, torch.Tensor]]:
     return found
 
 
-_ATTENTION_FWD = {
-    aten._scaled_dot_product_flash_attention,
-    aten._scaled_dot_product_flash_attention_for_cpu,
-    aten._scaled_dot_product_efficient_attention,
-    aten._scaled_dot_product_cudnn_attention,
-    aten._flash_attention_forward,
-    aten._efficient_attention_forward,
-}
-_ATTENTION_BWD = {
-    aten._scaled_dot_product_flash_attention_backward,
-    aten._scaled_dot_product_flash_attention_for_cpu_backward,
-    aten._scaled_dot_product_efficient_attention_backward,
-    aten._scaled_dot_product_cudnn_attention_backward,
-    aten._flash_attention_backward,
-    aten._efficient_attention_backward,
-}
 #: Causal kernels compute only the lower triangle of the score matrix: half the work for Sq == Sk.
 CAUSAL_FRACTION = sympy.Rational(1, 2)
 #: The backward recomputes the scores and runs four more matmuls of the same size as the forward's
@@ -121,7 +105,7 @@ def attention_flops(node: fx.Node) -> Expr:
     flops = 2 * batch_heads * sq * sk * (as_expr(q.shape[-1]) + as_expr(v.shape[-1]))
     if args.get("is_causal") or args.get("causal"):
         flops = flops * CAUSAL_FRACTION
-    if node.target.overloadpacket in _ATTENTION_BWD:
+    if node.target.overloadpacket in ATTENTION_BACKWARD:
         flops = flops * ATTENTION_BACKWARD_FACTOR
     return sympy.expand(flops)
 
@@ -183,7 +167,7 @@ def node_flops_expr(node: fx.Node) -> Expr:
     if node.op != "call_function":
         return sympy.Integer(0)
     packet = getattr(node.target, "overloadpacket", None)
-    if packet in _ATTENTION_FWD or packet in _ATTENTION_BWD:
+    if packet in ATTENTION_FORWARD or packet in ATTENTION_BACKWARD:
         return attention_flops(node)
     formula = flop_registry.get(packet)
     if formula is not None:

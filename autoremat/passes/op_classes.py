@@ -133,27 +133,47 @@ _FACTORY = frozenset(
     }
 )
 
-_COMPUTE_INTENSIVE = frozenset(
+#: Fused attention kernels (SDPA and its backends), forward and backward.
+ATTENTION_FORWARD = frozenset(
     {
-        aten.mm,
-        aten.bmm,
-        aten.addmm,
-        aten.baddbmm,
-        aten.matmul,
-        aten.convolution,
-        aten.convolution_backward,
-        aten._convolution,
-        aten._scaled_mm,
         aten._scaled_dot_product_flash_attention,
         aten._scaled_dot_product_flash_attention_for_cpu,
         aten._scaled_dot_product_efficient_attention,
         aten._scaled_dot_product_cudnn_attention,
         aten._flash_attention_forward,
         aten._efficient_attention_forward,
-        aten.upsample_bilinear2d,
-        aten._weight_int4pack_mm,
-        aten._weight_int8pack_mm,
     }
+)
+ATTENTION_BACKWARD = frozenset(
+    {
+        aten._scaled_dot_product_flash_attention_backward,
+        aten._scaled_dot_product_flash_attention_for_cpu_backward,
+        aten._scaled_dot_product_efficient_attention_backward,
+        aten._scaled_dot_product_cudnn_attention_backward,
+        aten._flash_attention_backward,
+        aten._efficient_attention_backward,
+    }
+)
+
+_COMPUTE_INTENSIVE = (
+    ATTENTION_FORWARD
+    | ATTENTION_BACKWARD
+    | frozenset(
+        {
+            aten.mm,
+            aten.bmm,
+            aten.addmm,
+            aten.baddbmm,
+            aten.matmul,
+            aten.convolution,
+            aten.convolution_backward,
+            aten._convolution,
+            aten._scaled_mm,
+            aten.upsample_bilinear2d,
+            aten._weight_int4pack_mm,
+            aten._weight_int8pack_mm,
+        }
+    )
 )
 
 #: Random ops whose values are a pure function of an explicit seed input. Recomputing them with the
