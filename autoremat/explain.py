@@ -175,7 +175,8 @@ def explain(
 
     The codegen-free compiler (default) sees the same joint graph the Inductor path does, minus
     Inductor's pattern-matching passes; pass ``compiler="inductor"`` to explain exactly that path.
-    Buffers the forward updates (e.g. BatchNorm statistics) are restored afterwards.
+    Buffers the forward updates (e.g. BatchNorm statistics) are restored afterwards. It calls
+    ``torch.compiler.reset()`` before and after, so other compiled functions recompile on next use.
     """
     configured = backend(memory_budget=memory_budget, compiler=compiler, **options)
     buffers = _snapshot_buffers(model)
