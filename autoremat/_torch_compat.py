@@ -48,6 +48,11 @@ try:  # graph-safe RNG threading for HOP bodies appeared after 2.11.
 except ImportError:  # pragma: no cover - torch 2.11
     thread_graphsafe_rng_from_hops = None
 
+try:  # boxed FX codegen (clears the argument list so inputs die at their last use); torch >= 2.11
+    from torch.fx.graph import _BoxedCodeGen
+except ImportError:  # pragma: no cover - older torch
+    _BoxedCodeGen = None
+
 try:
     from torch._functorch._aot_autograd.graph_compile import is_opaque_node
 except ImportError:  # pragma: no cover - older layout
@@ -186,8 +191,23 @@ def is_op_overload(target: Any) -> bool:
 
 
 def boxed_nop(gm: fx.GraphModule, example_inputs: Sequence[Any]) -> Callable[..., Any]:
-    """A 'compiler' that runs the graph as is (the codegen-free path)."""
-    return make_boxed_func(gm.forward)
+    """A 'compiler' that runs the graph as is (the codegen-free path).
+
+    With boxed codegen the generated code clears its argument list, so each input (saved activations
+    in the backward) is freed after its last use, as in Inductor's code: the codegen-free path then has
+    the memory behaviour the liveness model predicts, not "every saved tensor lives to the end".
+    """
+    if _BoxedCodeGen is None:  # pragma: no cover - older torch: inputs live to the end of the graph
+        return make_boxed_func(gm.forward)
+    gm.graph.set_codegen(_BoxedCodeGen())
+    gm.recompile()
+    forward = gm.forward
+
+    def run(args: list[Any]) -> Any:
+        return forward(args)
+
+    run._boxed_call = True  # type: ignore[attr-defined]
+    return run
 
 
 def torch_default_partition(

@@ -42,7 +42,10 @@ def _explain(args: argparse.Namespace) -> int:
         points = report.pareto(budgets, path=args.plot)
         print(f"wrote {args.plot}")
         for p in points:
-            print(f"  budget {p.budget}: {p.activation_bytes} bytes, +{p.predicted_recompute_s * 1e3:.3f} ms")
+            print(
+                f"  budget {p.budget}: peak {p.peak_bytes} bytes, saved {p.activation_bytes} bytes, "
+                f"+{p.predicted_recompute_s * 1e3:.3f} ms"
+            )
     return 0
 
 

@@ -39,8 +39,10 @@ def _fmt_ms(s: float | None) -> str:
 @dataclass(frozen=True)
 class ParetoPoint:
     budget: str
+    #: bytes saved for the backward, and the predicted peak of the step (what the budget caps)
     activation_bytes: int
     predicted_recompute_s: float
+    peak_bytes: int = 0
 
 
 @dataclass
@@ -55,6 +57,11 @@ class Report:
     @property
     def activation_bytes(self) -> int:
         return sum(p.saved_bytes or 0 for p in self.plans)
+
+    @property
+    def peak_bytes(self) -> int:
+        """Predicted peak activation memory (summed over graphs: an upper bound with graph breaks)."""
+        return sum(p.predicted_peak_bytes or 0 for p in self.plans)
 
     @property
     def predicted_recompute_s(self) -> float:
@@ -82,13 +89,17 @@ class Report:
     def pareto(
         self, budgets: Sequence[float | str] = DEFAULT_SWEEP, path: str | None = None
     ) -> list[ParetoPoint]:
-        """Predicted activation memory vs predicted recompute time per budget; a PNG at ``path``."""
+        """Predicted peak activation memory vs predicted recompute time per budget; a PNG at ``path``."""
         if self._rerun is None:
             raise ValueError("this report was loaded from JSON; call autoremat.explain(...) to sweep budgets")
         points = []
         for budget in budgets:
             report = self._rerun(budget)
-            points.append(ParetoPoint(str(budget), report.activation_bytes, report.predicted_recompute_s))
+            points.append(
+                ParetoPoint(
+                    str(budget), report.activation_bytes, report.predicted_recompute_s, report.peak_bytes
+                )
+            )
         if path is not None:
             plot_pareto(points, path, title=f"{self.model}: predicted memory vs recompute time")
         return points
@@ -102,10 +113,11 @@ def _plan_lines(index: int, plan: Plan) -> list[str]:
         f"graph {index}: {plan.solver} [{plan.status}]{' (loaded from cache)' if plan.from_cache else ''},"
         f" budget {plan.budget}, device {plan.device}, {plan.num_joint_nodes}-node joint graph,"
         f" partitioned in {plan.partition_seconds * 1e3:.0f} ms",
-        f"  activation memory saved for backward: {_fmt_bytes(plan.saved_bytes)}"
+        f"  activation memory saved for backward: {_fmt_bytes(plan.saved_bytes)}",
+        f"  predicted peak activation memory: {_fmt_bytes(plan.predicted_peak_bytes)}"
         + (
-            f" (runtime-optimal {_fmt_bytes(plan.runtime_optimal_bytes)},"
-            f" least {_fmt_bytes(plan.least_bytes)})"
+            f" (budget {_fmt_bytes(plan.target_bytes)}; runtime-optimal "
+            f"{_fmt_bytes(plan.runtime_optimal_bytes)}, least {_fmt_bytes(plan.least_bytes)})"
             if plan.least_bytes is not None
             else ""
         ),
@@ -138,7 +150,7 @@ def _plan_lines(index: int, plan: Plan) -> list[str]:
 
 
 def plot_pareto(points: Sequence[ParetoPoint], path: str, title: str) -> None:
-    """Write a PNG of predicted activation memory against predicted recompute time."""
+    """Write a PNG of predicted peak activation memory against predicted recompute time."""
     try:
         import matplotlib
 
@@ -151,12 +163,12 @@ def plot_pareto(points: Sequence[ParetoPoint], path: str, title: str) -> None:
         ) from exc
     fig, ax = plt.subplots(figsize=(6, 4))
     xs = [p.predicted_recompute_s * 1e3 for p in points]
-    ys = [p.activation_bytes / 2**20 for p in points]
+    ys = [p.peak_bytes / 2**20 for p in points]
     ax.plot(xs, ys, marker="o")
     for p, x, y in zip(points, xs, ys, strict=True):
         ax.annotate(f"budget {p.budget}", (x, y), textcoords="offset points", xytext=(5, 5), fontsize=8)
     ax.set_xlabel("predicted recompute time per step (ms)")
-    ax.set_ylabel("predicted activation memory (MiB)")
+    ax.set_ylabel("predicted peak activation memory (MiB)")
     ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
     fig.tight_layout()

@@ -20,6 +20,10 @@ from typing import Any, Literal
 from autoremat import _torch_compat as compat
 
 COMPILERS = ("inductor", "eager")
+#: budget solvers (passes/budget_solver.py): the exact MILP, or the greedy min-cut bisection
+SOLVERS = ("milp", "greedy")
+#: default seconds the budget solver may spend on one graph (the MILP's time limit, all solves together)
+DEFAULT_SOLVER_TIME_LIMIT = 5.0
 ENV_PREFIX = "AUTOREMAT_"
 
 _UNITS = {
@@ -70,6 +74,10 @@ class RematOptions:
     device: str | None = None
     #: measure the compiling device (cached on disk) instead of trusting datasheet peaks
     calibrate: bool = False
+    #: budget solver for budgets below 1.0 and byte budgets
+    solver: str = "milp"
+    #: seconds the budget solver may spend per graph before falling back to its best plan
+    solver_time_limit: float = DEFAULT_SOLVER_TIME_LIMIT
     inductor_options: tuple[tuple[str, Any], ...] = ()
 
     def fingerprint(self) -> str:
@@ -83,6 +91,8 @@ class RematOptions:
                 self.strict,
                 self.device,
                 self.calibrate,
+                self.solver,
+                self.solver_time_limit,
                 tuple((k, repr(v)) for k, v in self.inductor_options),
             )
         )
@@ -192,6 +202,32 @@ def _parse_device(value: Any) -> str | None:
     return value.strip().lower()
 
 
+def _parse_solver(value: Any) -> str:
+    if not isinstance(value, str) or value.strip().lower() not in SOLVERS:
+        raise ValueError(
+            f"autoremat option solver={value!r} is invalid: accepted values are "
+            f"{', '.join(repr(s) for s in SOLVERS)}"
+        )
+    return value.strip().lower()
+
+
+def _parse_time_limit(value: Any) -> float:
+    number: float | None = None
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        number = float(value)
+    elif isinstance(value, str):
+        try:
+            number = float(value)
+        except ValueError:
+            number = None
+    if number is None or not math.isfinite(number) or number <= 0:
+        raise ValueError(
+            f"autoremat option solver_time_limit={value!r} is invalid: expected a positive number of "
+            f"seconds (default {DEFAULT_SOLVER_TIME_LIMIT:g})"
+        )
+    return number
+
+
 def _check_inductor_option(key: str, value: Any) -> None:
     """Inductor keys pass through; we check the key exists and basic types match its default."""
     default = getattr(compat.inductor_config, key)
@@ -208,7 +244,16 @@ def _check_inductor_option(key: str, value: Any) -> None:
             return
 
 
-_OWN_KEYS = ("memory_budget", "compiler", "mode", "strict", "device", "calibrate")
+_OWN_KEYS = (
+    "memory_budget",
+    "compiler",
+    "mode",
+    "strict",
+    "device",
+    "calibrate",
+    "solver",
+    "solver_time_limit",
+)
 _RESERVED_INDUCTOR_KEYS = ("custom_partitioner_fn",)
 
 
@@ -281,6 +326,8 @@ def resolve_options(
         strict=_parse_bool("strict", merged.get("strict", False)),
         device=_parse_device(merged.get("device")),
         calibrate=_parse_bool("calibrate", merged.get("calibrate", False)),
+        solver=_parse_solver(merged.get("solver", "milp")),
+        solver_time_limit=_parse_time_limit(merged.get("solver_time_limit", DEFAULT_SOLVER_TIME_LIMIT)),
         inductor_options=tuple(sorted(inductor.items())),
     )
     if result.calibrate and result.device is not None:

@@ -70,9 +70,14 @@ class Plan:
     from_cache: bool = False
     #: identifies the compiled graph (Dynamo graph code, input metadata, options)
     graph_key: str = ""
+    #: predicted peak of live activation bytes over the step (passes/liveness.py; None = not modelled)
+    predicted_peak_bytes: int | None = None
+    #: peak the budget allowed, the least peak the solvers found, the runtime-optimal plan's peak
     target_bytes: int | None = None
     least_bytes: int | None = None
     runtime_optimal_bytes: int | None = None
+    #: budget solver counters (MILP solves, seconds, problem size, last HiGHS status)
+    solver_stats: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:

@@ -186,7 +186,7 @@ def _tokens(vocab: int, batch: int, seq: int) -> Callable[[torch.device], tuple[
 def suite(profile: str) -> list[ModelCase]:
     """The five models at the size of ``profile``: "smoke" (tests), "quick" (CPU, minutes), "cpu", "gpu"."""
     s = {"smoke": 1, "quick": 1, "cpu": 2, "gpu": 8}[profile]
-    depth = {"smoke": 1, "quick": 1, "cpu": 2, "gpu": 4}[profile]  # repeated blocks: compile time grows
+    depth = {"smoke": 1, "quick": 2, "cpu": 2, "gpu": 4}[profile]  # repeated blocks: compile time grows
     gpt = GPTConfig(vocab_size=512 * s, block_size=64 * s, n_layer=depth, n_head=4, d_model=64 * s)
     mlp_layers, mlp_d = (2 if profile == "smoke" else 8 * depth), 128 * s
     return [

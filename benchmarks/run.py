@@ -1,17 +1,18 @@
 """Side-by-side benchmark: autoremat against PyTorch's own strategies, each case in a fresh process.
 
-    python -m benchmarks.run --quick                      # CPU, about 10 minutes on 2 cores
+    python -m benchmarks.run --quick                      # CPU, budgets 0.5 and 0.1
+    python -m benchmarks.run --quick --budgets 0.75 0.5 0.25 0.1 0.0
     python -m benchmarks.run --profile gpu --out DIR      # the GPU-sized suite (see gpu.sh)
 
 Strategies per model: eager; eager + per-layer torch.utils.checkpoint (non-reentrant); torch.compile
 default; torch.compile with torch._functorch.config.activation_memory_budget = b; autoremat at the
-same b; autoremat at a byte budget (half of what autoremat saves at 1.0). Per case: gradient parity
-vs eager, activation bytes saved for backward (saved-tensor hooks), measured peak memory (CUDA
-max_memory_allocated, or the CPU allocator's profiler events replayed), autoremat's predicted saved
-bytes, median step time, first-step (compile) time and partition time (each run gets a fresh Inductor
-cache, shared by its cases, so compile times after the first case of a model include kernel reuse).
-Outputs a markdown table,
-JSON and a Pareto plot per model; ratios are against torch.compile default in the same run.
+same b; autoremat at a byte budget (85% of its own predicted peak at 1.0). Per case: gradient parity
+vs eager, activation bytes saved for backward (saved-tensor hooks), measured peak memory of a
+forward + backward (CUDA max_memory_allocated, or the CPU allocator's profiler events replayed),
+autoremat's predicted peak, median step time, first-step (compile) time and partition time (each run
+gets a fresh Inductor cache, shared by its cases, so compile times after the first case of a model
+include kernel reuse). Outputs a markdown table, JSON and a Pareto plot (measured peak vs step time)
+per model; ratios are against torch.compile default in the same run.
 """
 
 from __future__ import annotations
@@ -34,6 +35,8 @@ from autoremat import _torch_compat as compat
 from autoremat.measure import cpu_peak_bytes, max_relative_error, measure_saved_bytes, median_seconds
 
 RESULT_PREFIX = "RESULT "
+#: the byte-budget case: this share of autoremat's predicted peak at budget 1.0
+BYTE_BUDGET_SHARE = 0.85
 
 
 @dataclass(frozen=True)
@@ -116,18 +119,22 @@ def run_case(spec: CaseSpec) -> dict:
         loss.backward()
         parity = max_relative_error(_grads(model), ref_grads)
 
+        # Peak of forward + backward above what was live before it, gradients already freed (freeing
+        # them inside the window would lower the running total and hide part of the peak).
+        model.zero_grad(set_to_none=True)
         if device.type == "cuda":
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()
             base_mem = torch.cuda.memory_allocated()
-            step()
+            fn(*batch).backward()
             sync()
             peak = torch.cuda.max_memory_allocated() - base_mem
         else:
-            peak = cpu_peak_bytes(step)
+            peak = cpu_peak_bytes(lambda: fn(*batch).backward())
         step_s = median_seconds(step, repeats=spec.steps)
 
     predicted = sum(p.saved_bytes or 0 for p in plans) if plans else None
+    predicted_peak = sum(p.predicted_peak_bytes or 0 for p in plans) if plans else None
     return {
         **asdict(spec),
         "label": spec.label,
@@ -135,6 +142,9 @@ def run_case(spec: CaseSpec) -> dict:
         "saved_bytes": saved.nbytes,
         "peak_bytes": peak,
         "predicted_saved_bytes": predicted,
+        "predicted_peak_bytes": predicted_peak,
+        "plan_status": "+".join(sorted({f"{p.solver}/{p.status}" for p in plans})) if plans else None,
+        "target_bytes": sum(p.target_bytes or 0 for p in plans) if plans else None,
         "step_s": step_s,
         "first_step_s": first_step_s,
         "compile_s": max(first_step_s - step_s, 0.0),
@@ -188,23 +198,24 @@ def add_ratios(rows: list[dict]) -> None:
 
 def markdown(rows: list[dict]) -> str:
     head = (
-        "| model | strategy | grad err | saved MiB | vs compile | peak MiB | vs compile | predicted MiB |"
-        " step ms | vs compile | compile s | partition ms |\n"
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+        "| model | strategy | grad err | saved MiB | vs compile | peak MiB | vs compile |"
+        " predicted peak MiB | step ms | vs compile | compile s | partition ms | plan |\n"
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"
     )
     lines = [head]
     mib = 2**20
     for r in rows:
         if "error" in r:
-            lines.append(f"| {r['model']} | {r['label']} | error: {r['error']} |||||||||||")
+            lines.append(f"| {r['model']} | {r['label']} | error: {r['error']} ||||||||||||")
             continue
-        pred = "" if r["predicted_saved_bytes"] is None else f"{r['predicted_saved_bytes'] / mib:.2f}"
+        pred = "" if r.get("predicted_peak_bytes") is None else f"{r['predicted_peak_bytes'] / mib:.2f}"
         part = "" if r["partition_s"] is None else f"{r['partition_s'] * 1e3:.0f}"
         lines.append(
             f"| {r['model']} | {r['label']} | {r['grad_max_rel_err']:.1e} | {r['saved_bytes'] / mib:.2f} | "
             f"{r.get('saved_vs_compile', float('nan')):.2f} | {r['peak_bytes'] / mib:.2f} | "
             f"{r.get('peak_vs_compile', float('nan')):.2f} | {pred} | {r['step_s'] * 1e3:.2f} | "
-            f"{r.get('time_vs_compile', float('nan')):.2f} | {r['compile_s']:.1f} | {part} |"
+            f"{r.get('time_vs_compile', float('nan')):.2f} | {r['compile_s']:.1f} | {part} | "
+            f"{r.get('plan_status') or ''} |"
         )
     return "\n".join(lines)
 
@@ -220,9 +231,7 @@ def pareto_plot(model: str, rows: list[dict], path: str) -> None:
     ok = [r for r in rows if "error" not in r]
     for strategy, label in families.items():
         pts = sorted(
-            (r["step_s"] * 1e3, r["saved_bytes"] / 2**20, r["budget"])
-            for r in ok
-            if r["strategy"] == strategy
+            (r["step_s"] * 1e3, r["peak_bytes"] / 2**20, r["budget"]) for r in ok if r["strategy"] == strategy
         )
         if pts:
             ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=label)
@@ -232,10 +241,10 @@ def pareto_plot(model: str, rows: list[dict], path: str) -> None:
         for r in ok:
             if r["strategy"] == strategy:
                 ax.scatter(
-                    [r["step_s"] * 1e3], [r["saved_bytes"] / 2**20], marker=marker, label=strategy, zorder=3
+                    [r["step_s"] * 1e3], [r["peak_bytes"] / 2**20], marker=marker, label=strategy, zorder=3
                 )
     ax.set_xlabel("median step time (ms)")
-    ax.set_ylabel("activation memory saved for backward (MiB)")
+    ax.set_ylabel("measured peak memory of a step (MiB)")
     ax.set_title(f"{model}: memory vs time (lower-left is better)", fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
@@ -272,7 +281,7 @@ def main(argv: list[str] | None = None) -> int:
 
     args.profile = args.profile or ("quick" if args.quick or args.device == "cpu" else "gpu")
     quick = args.profile == "quick"
-    args.budgets = args.budgets or ([0.5] if quick else [1.0, 0.5, 0.0])
+    args.budgets = args.budgets or ([0.5, 0.1] if quick else [0.75, 0.5, 0.25, 0.1, 0.0])
     args.steps = args.steps or (3 if quick else 20)
     models = args.models or [c.name for c in suite(args.profile)]
     os.makedirs(args.out, exist_ok=True)
@@ -293,7 +302,7 @@ def main(argv: list[str] | None = None) -> int:
             row = _run_subprocess(spec, args.timeout, cache_dir)
             rows.append(row)
             if spec.strategy == "autoremat" and spec.budget == "1.0" and "error" not in row:
-                byte_budget = f"{row['saved_bytes'] // 2}"
+                byte_budget = f"{int(row['predicted_peak_bytes'] * BYTE_BUDGET_SHARE)}"
                 cases.append(CaseSpec(model, "autoremat", byte_budget, args.profile, args.device, args.steps))
             status = row.get("error") or (
                 f"saved {row['saved_bytes'] / 2**20:.2f} MiB, step {row['step_s'] * 1e3:.1f} ms, "

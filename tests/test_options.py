@@ -50,6 +50,10 @@ def test_memory_budget_spellings(value, expected):
         ({"memroy_budget": 0.5}, ["memroy_budget", "memory_budget", "torch._inductor.config"]),
         ({"max_autotune": "yes"}, ["max_autotune", "bool", "'yes'"]),
         ({"custom_partitioner_fn": None}, ["custom_partitioner_fn", "reserved"]),
+        ({"solver": "cplex"}, ["solver", "'cplex'", "'milp'", "'greedy'"]),
+        ({"solver_time_limit": 0}, ["solver_time_limit", "0", "positive"]),
+        ({"solver_time_limit": "soon"}, ["solver_time_limit", "'soon'"]),
+        ({"solver_time_limit": True}, ["solver_time_limit", "True"]),
         ({"compiler": "eager", "max_autotune": True}, ["compiler='eager'", "max_autotune"]),
     ],
 )
@@ -102,6 +106,8 @@ def test_fingerprint_changes_with_every_field():
         resolve_options({"memory_budget": "1GiB"}),
         resolve_options({"compiler": "eager"}),
         resolve_options({"strict": True}),
+        resolve_options({"solver": "greedy"}),
+        resolve_options({"solver_time_limit": 1.5}),
         resolve_options({"max_autotune": True}),
         resolve_options({}, mode="max-autotune"),
     ]

@@ -70,6 +70,7 @@ class GraphCosts:
     spec: DeviceSpec
     costs: dict[fx.Node, NodeCost]
     hints: dict[sympy.Symbol, int] = field(default_factory=dict)
+    _linear_cache: dict[frozenset[fx.Node], dict[fx.Node, Expr]] = field(default_factory=dict, repr=False)
 
     def value(self, expr: Expr) -> float:
         return hint(expr, self.hints)
@@ -92,6 +93,15 @@ class GraphCosts:
 
     def recompute_times(self, recomputed: Collection[fx.Node]) -> dict[fx.Node, Expr]:
         return recompute_times(recomputed, self.costs, self.spec)
+
+    def linear_recompute_times(self, nodes: Collection[fx.Node]) -> dict[fx.Node, Expr]:
+        """Per-node recompute times assuming all of ``nodes`` are recomputed together (each fusible
+        node fused with its fusible inputs): the linear objective of the budget MILP. Cached, since
+        the solver asks for the same set on every re-linearisation."""
+        key = frozenset(nodes)
+        if key not in self._linear_cache:
+            self._linear_cache[key] = self.recompute_times(key)
+        return self._linear_cache[key]
 
 
 def default_cost_model(

@@ -22,9 +22,10 @@ import torch.fx as fx
 from autoremat import _torch_compat as compat
 from autoremat._version import __version__
 from autoremat.cost_models import GraphCosts, calibrate, default_cost_model
+from autoremat.cost_models.device_memory import available_bytes
 from autoremat.options import RematOptions
 from autoremat.passes.analysis import JointGraphAnalysis, analyse
-from autoremat.passes.interim_budget import solve_to_target
+from autoremat.passes.budget_solver import solve_for_budget
 from autoremat.passes.mincut import CutResult, cheap_by, solve_min_cut
 from autoremat.passes.plan_builder import build_plan
 from autoremat.passes.rewrite import recomputed_ops, split_joint_graph
@@ -121,7 +122,7 @@ class RematPartitioner(compat.CustomPartitionerFn):
         )
         model = default_cost_model(_graph_device(gm.graph), self.options.device, self.calibration)
         costs = model.for_graph(analysis)
-        cut, high, solver, status, extra = self._solve(analysis, costs)
+        cut, high, solver, status, extra = self._solve(analysis, costs, _graph_device(gm.graph))
         fw, bw = split_joint_graph(gm, analysis, cut.saved)
         plan = build_plan(
             analysis=analysis,
@@ -138,42 +139,52 @@ class RematPartitioner(compat.CustomPartitionerFn):
         return fw, bw, plan
 
     def _solve(
-        self, analysis: JointGraphAnalysis, costs: GraphCosts
+        self, analysis: JointGraphAnalysis, costs: GraphCosts, device: torch.device | None
     ) -> tuple[CutResult, CutResult, str, str, dict[str, Any]]:
         """(chosen cut, runtime-optimal cut, solver name, status, extra plan fields)."""
         budget = self.options.memory_budget
         rules = cheap_by(analysis, costs.is_cheap_to_recompute)
         high = solve_min_cut(analysis, rules)
-        if budget.kind == "auto":
-            note = "memory_budget='auto' is not enforced yet: planned the runtime-optimal cut"
-            log.warning("autoremat: %s", note)
-            return high, high, "min-cut", "optimal", {"notes": [note], "optimality_gap": 0.0}
         if budget.kind == "fraction" and budget.value >= 1.0:
             return high, high, "min-cut", "optimal", {"optimality_gap": 0.0}
-        target = (
-            {"fraction": float(budget.value)}
-            if budget.kind == "fraction"
-            else {"cap_bytes": int(budget.value)}
+        notes: list[str] = []
+        if budget.kind == "auto":
+            cap = available_bytes(device)
+            notes.append(f"memory_budget='auto' resolved to {cap} bytes available on {device or 'cpu'}")
+            target: dict[str, Any] = {"cap_bytes": cap}
+        elif budget.kind == "fraction":
+            target = {"fraction": float(budget.value)}
+        else:
+            target = {"cap_bytes": int(budget.value)}
+        solution = solve_for_budget(
+            analysis,
+            costs,
+            base=rules,
+            high=high,
+            time_limit=self.options.solver_time_limit,
+            solver=self.options.solver,
+            **target,
         )
-        outcome = solve_to_target(analysis, **target, base=rules, cost_s=costs.standalone_s, high=high)
+        notes.extend(solution.notes)
         extra: dict[str, Any] = {
-            "target_bytes": outcome.target_bytes,
-            "least_bytes": outcome.low_bytes,
-            "runtime_optimal_bytes": outcome.high_bytes,
-            "notes": [],
+            "target_bytes": solution.target_bytes,
+            "least_bytes": solution.least_bytes,
+            "runtime_optimal_bytes": solution.runtime_optimal_bytes,
+            "predicted_peak_bytes": solution.peak_bytes,
+            "optimality_gap": solution.gap,
+            "solver_stats": solution.stats,
+            "notes": notes,
         }
-        status = "within-budget"
-        if not outcome.feasible:
+        if not solution.feasible:
             message = (
-                f"memory_budget={budget.describe()} is below the least activation memory this graph "
-                f"allows ({outcome.low_bytes} bytes); using the least-memory plan"
+                f"memory_budget={budget.describe()} is below the least peak activation memory this "
+                f"graph allows ({solution.least_bytes} bytes predicted); using the least-memory plan"
             )
             if self.options.strict:
                 raise BudgetInfeasible(f"autoremat (strict=True): {message}")
             log.warning("autoremat: %s", message)
-            extra["notes"].append(message)
-            status = "budget-infeasible"
-        return outcome.cut, high, "interim-budget", status, extra
+            notes.append(message)
+        return solution.cut, high, solution.solver, solution.status, extra
 
 
 def _graph_device(graph: fx.Graph) -> torch.device | None:

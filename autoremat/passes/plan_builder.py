@@ -12,6 +12,7 @@ import torch.fx as fx
 
 from autoremat.cost_models import GraphCosts
 from autoremat.passes.analysis import JointGraphAnalysis
+from autoremat.passes.liveness import plan_peak
 from autoremat.passes.mincut import CutResult
 from autoremat.passes.rewrite import recomputed_ops
 from autoremat.plan import Plan, RecomputedOp, SavedValue
@@ -88,6 +89,9 @@ def build_plan(
         predicted = costs.value(times[node]) if node is not None else None
         recomputed.append(RecomputedOp(name, _op_name(node) if node is not None else "", predicted))
     free = total.free_symbols
+    peak = extra.pop("predicted_peak_bytes", None)
+    if peak is None:
+        peak = plan_peak(analysis, cut.saved).peak_bytes
     optimal_s = costs.value(costs.recompute_time(recomputed_nodes(analysis, runtime_optimal)))
     return Plan(
         budget=budget,
@@ -103,6 +107,7 @@ def build_plan(
         recompute_time_expr=str(total) if free else None,
         symbols=sorted(str(s) for s in free | _symbols(cut)),
         runtime_optimal_recompute_s=optimal_s,
+        predicted_peak_bytes=peak,
         notes=list(analysis.notes) + extra.pop("notes", []),
         **extra,
     )

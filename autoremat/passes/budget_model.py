@@ -1,0 +1,425 @@
+"""The budgeted save/recompute problem as plain data: what the exact solver optimises.
+
+Decisions, per forward value ``v`` (a *candidate*): save it (``s_v``) and/or recompute it in the
+backward (``r_v``). Constraints mirror the min-cut's: a value the backward reads must be saved or
+recomputed; recomputing ``v`` needs each candidate input saved or recomputed; random, collective,
+effectful, mutating and MUST_SAVE nodes are never recomputed; MUST_RECOMPUTE nodes are never saved.
+
+Memory comes from the liveness model (``liveness.py``) linearised around a reference plan:
+
+- **backward**: positions are the backward's own nodes (the *spine*) in schedule order. A saved storage
+  is live from the start of the backward to its last use ``save_last``; a recomputed value from just
+  before its first use to its last use (``first``/``last``, measured through the recompute chains the
+  reference plan implies); the spine's own values give a fixed profile ``bwd_base``.
+- **forward**: a saved storage stays live after its last forward use ``fwd_release``; the forward's own
+  transients give a fixed profile ``fwd_base``.
+
+The model is exact when the solution's recompute chains match the reference's; the budget solver
+re-linearises around its own answer and checks the final plan with the full liveness simulation.
+Objective: predicted recompute time (the fusion model's per-node marginal cost, linearised by assuming
+a recomputed fusible node's fusible inputs are recomputed with it).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, replace
+
+import torch.fx as fx
+
+from autoremat.cost_models import GraphCosts
+from autoremat.passes.analysis import JointGraphAnalysis
+from autoremat.passes.liveness import (
+    StepSchedule,
+    StorageKey,
+    live_profile,
+    node_allocations,
+    step_schedule,
+    storage_of,
+)
+
+#: position value meaning "never used in the backward"
+UNUSED = -1
+
+
+@dataclass(frozen=True)
+class BudgetProblem:
+    """Indices 0..n-1 are candidates in topological order; everything is plain ints and floats so the
+    solver can be tested against brute force without building FX graphs."""
+
+    #: candidate inputs of each candidate (other inputs are graph inputs: always available)
+    inputs: tuple[tuple[int, ...], ...]
+    #: candidates the backward reads directly: each must be saved or recomputed
+    needed: tuple[int, ...]
+    can_save: tuple[bool, ...]
+    can_recompute: tuple[bool, ...]
+    #: predicted seconds to recompute each candidate
+    cost_s: tuple[float, ...]
+    #: bytes a recomputation allocates, live over [first, last] of the backward (for values only other
+    #: recomputations read, first == last: they die within the burst that serves that position)
+    recompute_bytes: tuple[int, ...]
+    first: tuple[int, ...]
+    last: tuple[int, ...]
+    #: storage group of each candidate (views share their base's), its bytes, and where it is released
+    group: tuple[int, ...]
+    group_bytes: tuple[int, ...]
+    #: last backward position a saved group is read (UNUSED: released when the backward starts)
+    save_last: tuple[int, ...]
+    #: forward position of the group's last forward use; saving keeps it live after that
+    fwd_release: tuple[int, ...]
+    bwd_base: tuple[int, ...]
+    #: forward profile with nothing saved; its last entry is the end of the forward (user outputs)
+    fwd_base: tuple[int, ...]
+    #: extra bytes live at the end of the forward when a value is saved that only the backward reads:
+    #: the forward then computes it there, with the backward-only values it needs (charged in full)
+    save_extra_end: tuple[int, ...] = ()
+
+    @property
+    def n(self) -> int:
+        return len(self.inputs)
+
+    def peak_bytes(self, saved: Iterable[int]) -> tuple[int, tuple[bool, ...]]:
+        """(model peak, recomputed flags) of saving exactly ``saved``: the brute-force reference."""
+        saved = set(saved)
+        recomputed = self.recomputed_by(saved)
+        groups = {self.group[v] for v in saved}
+        peak = 0
+        end = len(self.fwd_base) - 1
+        for t, base in enumerate(self.fwd_base):
+            live = base + sum(self.group_bytes[g] for g in groups if self.fwd_release[g] < t)
+            if t == end and self.save_extra_end:
+                live += sum(self.save_extra_end[v] for v in saved)
+            peak = max(peak, live)
+        return max([peak, *_modelled_backward(self, saved)]), recomputed
+
+    def recomputed_by(self, saved: set[int]) -> tuple[bool, ...]:
+        """Which candidates the backward recomputes when exactly ``saved`` are saved."""
+        flags = [False] * self.n
+        stack = [v for v in self.needed if v not in saved]
+        while stack:
+            v = stack.pop()
+            if flags[v]:
+                continue
+            flags[v] = True
+            stack.extend(u for u in self.inputs[v] if u not in saved)
+        return tuple(flags)
+
+    def is_feasible(self, saved: set[int]) -> bool:
+        if any(not self.can_save[v] for v in saved):
+            return False
+        flags = self.recomputed_by(saved)
+        return all(self.can_recompute[v] for v in range(self.n) if flags[v])
+
+    def time_s(self, saved: set[int]) -> float:
+        flags = self.recomputed_by(saved)
+        return sum(self.cost_s[v] for v in range(self.n) if flags[v])
+
+
+@dataclass(frozen=True)
+class BuiltProblem:
+    """A BudgetProblem and the FX nodes its indices stand for."""
+
+    problem: BudgetProblem
+    nodes: tuple[fx.Node, ...]
+
+
+def build_problem(
+    analysis: JointGraphAnalysis, costs: GraphCosts, reference_saved: Iterable[fx.Node]
+) -> BuiltProblem:
+    """Linearise the budgeted problem of ``analysis`` around the plan that saves ``reference_saved``.
+
+    The backward profile gets a per-position correction so that the model reproduces the liveness
+    simulation of the reference plan exactly, including recompute bursts between two backward nodes,
+    which the interval model alone cannot see.
+    """
+    facts = analysis.facts
+    # Every value outside the tangent closure can be computed in the forward and saved, including
+    # backward-only ones (e.g. the softmax a cross-entropy backward reads): "recomputing" those in the
+    # backward is where they would run anyway, so it costs no time.
+    candidates = [
+        n
+        for n in analysis.order
+        if n in facts and n.op == "call_function" and n not in analysis.tangent_closure
+    ]
+    index = {n: i for i, n in enumerate(candidates)}
+    reference = set(reference_saved) & set(index)
+    memo: dict[fx.Node, StorageKey] = {}
+
+    full = step_schedule(analysis, reference)
+    spine = [n for n in full.backward if n not in index]
+    keep_bwd = {storage_of(n, memo) for n in (*full.fwd_outputs, *full.bwd_outputs)}
+    held = {storage_of(n, memo): b for n in full.fwd_outputs for _, b in node_allocations(n)}
+    bwd_base, _ = live_profile(spine, held, keep_bwd, memo)
+
+    forward = [n for n in candidates if analysis.is_forward(n)]
+    fwd_keep = {storage_of(n, memo) for n in full.fwd_outputs}
+    fwd_base, fwd_end = live_profile(forward, {}, fwd_keep, memo)
+    fwd_base.append(sum(fwd_end.values()))  # after the last node: only the user's outputs are left
+
+    first, last, direct = _needs(analysis, candidates, index, spine, reference)
+    rec_bytes, rec_first, rec_last = _recompute_memory(candidates, index, first, last, direct, memo)
+    group, group_bytes, save_last, fwd_release = _storage_groups(analysis, candidates, forward, last, memo)
+    times = costs.linear_recompute_times(forward)
+    relevant = _ancestors_within({candidates[i] for i in direct}, index)
+    problem = BudgetProblem(
+        inputs=tuple(tuple(index[a] for a in n.all_input_nodes if a in index) for n in candidates),
+        needed=tuple(sorted(direct)),
+        can_save=tuple(_may_save(analysis, n, index, relevant) for n in candidates),
+        can_recompute=tuple(
+            facts[n].never_recompute is None or not analysis.is_forward(n) for n in candidates
+        ),
+        cost_s=tuple(max(costs.value(times[n]), 0.0) if n in times else 0.0 for n in candidates),
+        recompute_bytes=tuple(rec_bytes),
+        first=tuple(rec_first),
+        last=tuple(rec_last),
+        group=tuple(group),
+        group_bytes=tuple(group_bytes),
+        save_last=tuple(save_last),
+        fwd_release=tuple(fwd_release),
+        bwd_base=tuple(bwd_base),
+        fwd_base=tuple(fwd_base),
+        save_extra_end=tuple(_backward_only_chains(analysis, candidates, index)),
+    )
+    bwd_fix = _burst_correction(analysis, problem, full, index, memo)
+    fwd_fix = _forward_correction(problem, full, forward, index, memo)
+    problem = replace(
+        problem,
+        bwd_base=tuple(b + max(c, 0) for b, c in zip(bwd_base, bwd_fix, strict=True)),
+        fwd_base=tuple(b + max(c, 0) for b, c in zip(problem.fwd_base, fwd_fix, strict=True)),
+    )
+    return BuiltProblem(problem, tuple(candidates))
+
+
+def _ancestors_within(roots: set[fx.Node], index: dict[fx.Node, int]) -> set[fx.Node]:
+    seen: set[fx.Node] = set()
+    stack = list(roots)
+    while stack:
+        node = stack.pop()
+        if node not in seen:
+            seen.add(node)
+            stack.extend(a for a in node.all_input_nodes if a in index)
+    return seen
+
+
+def _may_save(
+    analysis: JointGraphAnalysis, node: fx.Node, index: dict[fx.Node, int], relevant: set[fx.Node]
+) -> bool:
+    """Whether saving ``node`` is a decision worth a binary variable.
+
+    Problem reductions (the answer is unchanged): a value the backward can never need is not saved; a
+    view of a saveable value is not saved, its base is (same storage, and the view is rebuilt free).
+    """
+    facts = analysis.facts[node]
+    if facts.unsaveable is not None or facts.must_recompute or node not in relevant:
+        return False
+    base = facts.storage_base
+    if base is not node and base in index:
+        base_facts = analysis.facts[base]
+        return not (base_facts.unsaveable is None and not base_facts.must_recompute)
+    return True
+
+
+def _backward_only_chains(
+    analysis: JointGraphAnalysis, candidates: list[fx.Node], index: dict[fx.Node, int]
+) -> list[int]:
+    """For each backward-only candidate: bytes of the backward-only values it is computed from."""
+    extra = [0] * len(candidates)
+    for node in candidates:
+        if analysis.is_forward(node):
+            continue
+        chain = {a for a in _ancestors_within({node}, index) if a is not node and not analysis.is_forward(a)}
+        extra[index[node]] = sum(b for a in chain for _, b in node_allocations(a))
+    return extra
+
+
+def _needs(
+    analysis: JointGraphAnalysis,
+    candidates: list[fx.Node],
+    index: dict[fx.Node, int],
+    spine: list[fx.Node],
+    reference: set[fx.Node],
+) -> tuple[list[int], list[int], set[int]]:
+    """First/last backward positions needing each candidate (through the recompute chains the
+    reference implies) and the candidates the backward reads directly."""
+    first = [UNUSED] * len(candidates)
+    last = [UNUSED] * len(candidates)
+
+    def need(i: int, start: int, end: int) -> None:
+        first[i] = start if first[i] == UNUSED else min(first[i], start)
+        last[i] = max(last[i], end)
+
+    for t, node in enumerate(spine):
+        for arg in node.all_input_nodes:
+            if arg in index:
+                need(index[arg], t, t)
+    end = max(len(spine) - 1, 0)
+    for node in analysis.tangent_free_grads:
+        if node in index:  # a backward output computed in the forward: needed when the backward ends
+            need(index[node], end, end)
+    direct = {i for i, t in enumerate(last) if t != UNUSED}
+    for node in reversed(candidates):
+        i = index[node]
+        if first[i] == UNUSED or node in reference:
+            continue  # not needed, or the reference saves it: its inputs are not read to rebuild it
+        for arg in node.all_input_nodes:
+            if arg in index:  # `node` is recomputed once, just before its first use: inputs read then
+                need(index[arg], first[i], first[i])
+    return first, last, direct
+
+
+def _recompute_memory(
+    candidates: list[fx.Node],
+    index: dict[fx.Node, int],
+    first: list[int],
+    last: list[int],
+    direct: set[int],
+    memo: dict[fx.Node, StorageKey],
+) -> tuple[list[int], list[int], list[int]]:
+    """Bytes and live interval of each candidate's storage when it is recomputed.
+
+    A storage is charged to the node that allocates it, over the union of the intervals of every
+    value aliasing it that the backward reads directly. A value only other recomputations read dies
+    as soon as they have run: it is charged at the one position its burst serves. Charging a whole
+    chain at once overestimates long chains; ``_burst_correction`` makes the reference plan exact.
+    """
+    members: dict[StorageKey, list[int]] = {}
+    for node in candidates:
+        members.setdefault(storage_of(node, memo), []).append(index[node])
+    rec_bytes = [0] * len(candidates)
+    rec_first, rec_last = list(first), list(last)
+    for node in candidates:
+        allocated = node_allocations(node)
+        if not allocated:
+            continue
+        i = index[node]
+        rec_bytes[i] = sum(b for _, b in allocated)
+        read = [j for key, _ in allocated for j in members.get(key, ()) if j in direct]
+        if not read:  # read only by other recomputations: live during the burst before first[i]
+            rec_last[i] = first[i]
+            continue
+        rec_first[i] = min(first[j] for j in [i, *read] if first[j] != UNUSED)
+        rec_last[i] = max(last[j] for j in [i, *read])
+    return rec_bytes, rec_first, rec_last
+
+
+def _storage_groups(
+    analysis: JointGraphAnalysis,
+    candidates: list[fx.Node],
+    forward: list[fx.Node],
+    last: list[int],
+    memo: dict[fx.Node, StorageKey],
+) -> tuple[list[int], list[int], list[int], list[int]]:
+    """Storage group of each candidate, and per group: bytes, last backward use, forward release."""
+    fwd_pos = {n: t for t, n in enumerate(forward)}
+    end_of_forward = len(forward) - 1  # a saved backward-only value counts from the forward's end
+    groups: dict[StorageKey, int] = {}
+    group: list[int] = []
+    group_bytes: list[int] = []
+    save_last: list[int] = []
+    fwd_release: list[int] = []
+    for i, node in enumerate(candidates):
+        key = storage_of(node, memo)
+        if key not in groups:
+            groups[key] = len(group_bytes)
+            base = analysis.facts[node].storage_base
+            group_bytes.append(analysis.facts[base].save_bytes if base.op != "placeholder" else 0)
+            save_last.append(UNUSED)
+            fwd_release.append(fwd_pos.get(base, 0 if base.op == "placeholder" else end_of_forward))
+        g = groups[key]
+        group.append(g)
+        save_last[g] = max(save_last[g], last[i])
+        users = [fwd_pos[u] for u in node.users if u in fwd_pos]
+        fwd_release[g] = max([fwd_release[g], fwd_pos.get(node, end_of_forward), *users])
+    return group, group_bytes, save_last, fwd_release
+
+
+def _burst_correction(
+    analysis: JointGraphAnalysis,
+    problem: BudgetProblem,
+    full: StepSchedule,
+    index: dict[fx.Node, int],
+    memo: dict[fx.Node, StorageKey],
+) -> list[int]:
+    """Per backward position: simulated minus modelled live bytes of the reference plan.
+
+    The simulated value at a backward node is the highest live total from the recomputation that
+    runs just before it through the node itself, so a burst of recomputation is charged to the
+    backward node it serves.
+    """
+    memo = dict(memo)
+    fwd_keep = {storage_of(n, memo) for n in (*full.saved, *full.fwd_outputs)}
+    _, live = live_profile(full.forward, {}, fwd_keep, memo)
+    bwd_keep = {storage_of(n, memo) for n in (*full.fwd_outputs, *full.bwd_outputs)}
+    simulated, _ = live_profile(full.backward, live, bwd_keep, memo)
+    saved = {index[n] for n in full.saved if n in index}
+    modelled = _modelled_backward(problem, saved)
+    correction: list[int] = []
+    burst = 0
+    for node, value in zip(full.backward, simulated, strict=True):
+        burst = max(burst, value)
+        if node in index:
+            continue
+        correction.append(burst - modelled[len(correction)])
+        burst = 0
+    return correction
+
+
+def _forward_correction(
+    problem: BudgetProblem,
+    full: StepSchedule,
+    forward: list[fx.Node],
+    index: dict[fx.Node, int],
+    memo: dict[fx.Node, StorageKey],
+) -> list[int]:
+    """Per forward position: simulated minus modelled live bytes of the reference plan.
+
+    The model's forward runs every forward node and nothing else; the real one skips nodes only the
+    recomputation would need and runs saved backward-only values (and what they need) too. Simulated
+    values are charged to the next forward node the model knows, or to the end of the forward.
+    """
+    memo = dict(memo)
+    keep = {storage_of(n, memo) for n in (*full.saved, *full.fwd_outputs)}
+    simulated, live = live_profile(full.forward, {}, keep, memo)
+    position = {n: t for t, n in enumerate(forward)}
+    end = len(forward)
+    observed: dict[int, int] = {end: sum(live.values())}
+    pending = 0
+    for node, value in zip(full.forward, simulated, strict=True):
+        pending = max(pending, value)
+        if node in position:
+            observed[position[node]] = pending
+            pending = 0
+    observed[end] = max(observed[end], pending)
+    saved_groups = {problem.group[index[n]] for n in full.saved if n in index}
+    correction = []
+    for t, base in enumerate(problem.fwd_base):
+        if t not in observed:
+            correction.append(0)  # the real forward skips this node: the model stays pessimistic
+            continue
+        kept = sum(problem.group_bytes[g] for g in saved_groups if problem.fwd_release[g] < t)
+        if t == end and problem.save_extra_end:
+            kept += sum(problem.save_extra_end[index[n]] for n in full.saved if n in index)
+        correction.append(observed[t] - (base + kept))
+    return correction
+
+
+def _modelled_backward(problem: BudgetProblem, saved: set[int]) -> list[int]:
+    """Modelled live bytes at each backward position (difference array: O(nodes + positions))."""
+    positions = len(problem.bwd_base)
+    delta = [0] * (positions + 1)
+
+    def charge(start: int, end: int, nbytes: int) -> None:
+        if nbytes and start != UNUSED and end >= start:
+            delta[start] += nbytes
+            delta[min(end, positions - 1) + 1] -= nbytes
+
+    for g in {problem.group[v] for v in saved}:
+        charge(0, problem.save_last[g], problem.group_bytes[g])
+    for v, flag in enumerate(problem.recomputed_by(saved)):
+        if flag:
+            charge(problem.first[v], problem.last[v], problem.recompute_bytes[v])
+    profile, running = [], 0
+    for t, base in enumerate(problem.bwd_base):
+        running += delta[t]
+        profile.append(base + running)
+    return profile

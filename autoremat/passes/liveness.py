@@ -1,0 +1,273 @@
+"""Liveness / peak-memory model of one training step: forward, then backward with its recomputation.
+
+The budget is a promise about memory, so it must be checked against a model of the schedule that will
+actually run, not against a proxy such as "sum of saved bytes". The schedule is the one our rewrite
+produces:
+
+- the forward module runs the forward nodes that the user outputs and the saved values need, in joint
+  graph order;
+- the backward module runs, in joint order from the first node that reads a tangent, each backward node
+  preceded by the forward nodes it needs that were not saved (torch's
+  ``reordering_to_mimic_autograd_engine``, which the rewrite applies, places recomputation just in time).
+
+Memory is counted per storage: a view or ``getitem`` aliases its base, a multi-output op allocates all
+its outputs at once. A storage is allocated when its producer runs and freed after its last use in the
+same module. Saved values live from their producer to their last backward use; the user's forward
+outputs (e.g. the loss) and the backward's outputs (gradients) live to the end of the step. Graph
+inputs (parameters, buffers, user inputs, tangents) are not counted: they exist before the step.
+While a node runs, its kernel's scratch memory counts too (``workspace.py``).
+
+This model is exact for the codegen-free compiler. Under Inductor, fusion removes some transients, so
+the real peak can be lower than predicted, never higher because of them.
+"""
+
+from __future__ import annotations
+
+import operator
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.fx as fx
+import torch.utils._pytree as pytree
+
+from autoremat import _torch_compat as compat
+from autoremat.passes.analysis import JointGraphAnalysis
+from autoremat.passes.op_classes import OpClass, classify
+from autoremat.passes.workspace import workspace_bytes
+
+#: Storage identity: the producing node, and the output index for multi-output nodes (None otherwise).
+StorageKey = tuple[fx.Node, int | None]
+
+
+@dataclass(frozen=True)
+class StepSchedule:
+    """The order in which the forward and backward modules run their nodes."""
+
+    forward: tuple[fx.Node, ...]
+    backward: tuple[fx.Node, ...]
+    saved: frozenset[fx.Node]
+    #: forward outputs the user holds through the backward (loss, logits, mutated inputs' new values)
+    fwd_outputs: tuple[fx.Node, ...]
+    #: backward outputs (gradients): they outlive the step
+    bwd_outputs: tuple[fx.Node, ...]
+
+
+@dataclass(frozen=True)
+class PeakReport:
+    """Predicted live activation bytes of one step."""
+
+    peak_bytes: int
+    forward_peak_bytes: int
+    backward_peak_bytes: int
+    #: node at which the peak is reached (its name), for reports
+    peak_at: str
+    #: live bytes at the end of the forward: saved values plus forward outputs
+    forward_end_bytes: int
+
+
+def _val(node: fx.Node) -> object:
+    return node.meta.get("val")
+
+
+def _tensor_bytes(value: object) -> int:
+    if isinstance(value, torch.Tensor):
+        return compat.hint_int(value.numel()) * value.dtype.itemsize
+    return 0
+
+
+def node_allocations(node: fx.Node) -> list[tuple[StorageKey, int]]:
+    """Storages a node allocates when it runs (empty for inputs, aliases and non-tensors)."""
+    if node.op != "call_function" or _alias_of(node) is not None:
+        return []
+    value = _val(node)
+    if isinstance(value, torch.Tensor):
+        return [((node, None), _tensor_bytes(value))]
+    if isinstance(value, (tuple, list)):
+        return [((node, i), _tensor_bytes(v)) for i, v in enumerate(value) if isinstance(v, torch.Tensor)]
+    return []
+
+
+def _alias_of(node: fx.Node) -> tuple[fx.Node, int | None] | None:
+    """(node, output index) whose storage ``node`` shares, or None when it owns its storage."""
+    if node.op != "call_function":
+        return None
+    if node.target is operator.getitem and isinstance(node.args[0], fx.Node):
+        parent = node.args[0]
+        if isinstance(_val(parent), (tuple, list)):
+            return parent, node.args[1]
+        return None
+    if classify(node) in (OpClass.VIEW, OpClass.MUTATION) and node.args and isinstance(node.args[0], fx.Node):
+        return node.args[0], None
+    return None
+
+
+def storage_of(node: fx.Node, _memo: dict[fx.Node, StorageKey] | None = None) -> StorageKey:
+    """The storage a node's value lives in, following views, getitems and in-place ops to the owner.
+
+    An element of a multi-output op that allocates (``native_layer_norm``) is a storage of its own; an
+    element of a multi-output *view* (``split``, ``unbind``) shares the storage of the view's base.
+    """
+    memo = {} if _memo is None else _memo
+    chain: list[fx.Node] = []
+    current = node
+    while True:
+        if current in memo:
+            key = memo[current]
+            break
+        chain.append(current)
+        alias = _alias_of(current)
+        if alias is None:
+            key = (current, None)
+            break
+        parent, index = alias
+        if index is not None and _alias_of(parent) is None:
+            key = (parent, index)
+            break
+        current = parent
+    for n in chain:
+        memo[n] = key
+    return key
+
+
+def _ancestors_until(roots: Iterable[fx.Node], stop: set[fx.Node]) -> set[fx.Node]:
+    seen: set[fx.Node] = set()
+    stack = [r for r in roots if isinstance(r, fx.Node)]
+    while stack:
+        node = stack.pop()
+        if node in seen:
+            continue
+        seen.add(node)
+        if node in stop:
+            continue
+        stack.extend(node.all_input_nodes)
+    return seen
+
+
+def _outputs(analysis: JointGraphAnalysis) -> tuple[list[fx.Node], list[fx.Node]]:
+    output = next(n for n in reversed(analysis.graph.nodes) if n.op == "output")
+    flat = list(pytree.arg_tree_leaves(*output.args))
+    fwd = [o for o in flat[: analysis.num_fwd_outputs] if isinstance(o, fx.Node)]
+    bwd = [o for o in flat[analysis.num_fwd_outputs :] if isinstance(o, fx.Node)]
+    return fwd, bwd
+
+
+def step_schedule(analysis: JointGraphAnalysis, saved: Iterable[fx.Node]) -> StepSchedule:
+    """The schedule our rewrite produces for ``saved``, emulated without building the modules."""
+    saved = frozenset(saved)
+    order = analysis.order
+    fwd_outputs, bwd_outputs = _outputs(analysis)
+    placeholders = {n for n in analysis.facts if n.op == "placeholder"}
+
+    forced = [
+        n
+        for n in analysis.forward_nodes
+        if n.op == "call_function" and analysis.facts[n].op_class is OpClass.MUTATION
+    ]
+    fwd_set = _ancestors_until([*fwd_outputs, *saved, *forced], placeholders)
+    fwd_set -= analysis.tangent_closure
+    forward = sorted((n for n in fwd_set if n.op == "call_function"), key=order.__getitem__)
+
+    available = saved | placeholders
+    bwd_set = {
+        n for n in _ancestors_until(bwd_outputs, available) if n.op == "call_function" and n not in available
+    }
+    tangent_users = [u for n in placeholders if compat.is_tangent(n) for u in n.users]
+    first = min((order[u] for u in tangent_users if u in bwd_set), default=None)
+    if first is None:  # the backward does not read a tangent: it runs in joint order
+        backward = sorted(bwd_set, key=order.__getitem__)
+    else:
+        backward = _just_in_time(bwd_set, first, order)
+    return StepSchedule(tuple(forward), tuple(backward), saved, tuple(fwd_outputs), tuple(bwd_outputs))
+
+
+def _just_in_time(nodes: set[fx.Node], first: int, order: dict[fx.Node, int]) -> list[fx.Node]:
+    """Backward order: each node after ``first`` preceded by the not-yet-run nodes it needs."""
+    placed: set[fx.Node] = set()
+    result: list[fx.Node] = []
+
+    def insert(root: fx.Node) -> None:
+        pending: set[fx.Node] = set()
+        stack = [root]
+        while stack:
+            node = stack.pop()
+            if node in pending or node in placed or node not in nodes:
+                continue
+            pending.add(node)
+            stack.extend(node.all_input_nodes)
+        for node in sorted(pending, key=order.__getitem__):
+            placed.add(node)
+            result.append(node)
+
+    ordered = sorted(nodes, key=order.__getitem__)
+    for node in ordered:
+        if order[node] < first and node.target is torch.ops.aten.copy_.default:
+            insert(node)
+    for node in ordered:
+        if order[node] >= first:
+            insert(node)
+    return result
+
+
+def live_profile(
+    nodes: Sequence[fx.Node],
+    live_in: dict[StorageKey, int],
+    keep: set[StorageKey],
+    memo: dict[fx.Node, StorageKey],
+) -> tuple[list[int], dict[StorageKey, int]]:
+    """Run one module's nodes: live bytes while each node runs (its outputs allocated, nothing it
+    reads freed yet), and the storages alive at the end.
+
+    ``live_in`` are storages alive on entry (freed after their last use here unless in ``keep``, and
+    before the first node when nothing here reads them); ``keep`` storages survive the module.
+    """
+    last_use: dict[StorageKey, int] = {}
+    for i, node in enumerate(nodes):
+        for arg in (*node.all_input_nodes, node):
+            last_use[storage_of(arg, memo)] = i
+    live = {k: v for k, v in live_in.items() if k in last_use or k in keep}
+    total = sum(live.values())
+    profile: list[int] = []
+    for i, node in enumerate(nodes):
+        allocated = node_allocations(node)
+        for key, nbytes in allocated:
+            if key not in live:
+                live[key] = nbytes
+                total += nbytes
+        profile.append(total + workspace_bytes(node))
+        dead = {key for key, _ in allocated if key not in last_use}  # outputs nobody reads
+        dead |= {
+            k for k in (storage_of(a, memo) for a in (*node.all_input_nodes, node)) if last_use.get(k) == i
+        }
+        for key in dead - keep:
+            if key in live:
+                total -= live.pop(key)
+    return profile, live
+
+
+def predict_peak(analysis: JointGraphAnalysis, schedule: StepSchedule) -> PeakReport:
+    """Peak live activation bytes of ``schedule`` (see the module docstring for what counts)."""
+    memo: dict[fx.Node, StorageKey] = {}
+    fwd_keep = {storage_of(n, memo) for n in (*schedule.saved, *schedule.fwd_outputs)}
+    fwd_profile, live = live_profile(schedule.forward, {}, fwd_keep, memo)
+    held = {storage_of(n, memo) for n in schedule.fwd_outputs}
+    forward_end = sum(live.values())
+    bwd_keep = held | {storage_of(n, memo) for n in schedule.bwd_outputs}
+    bwd_profile, _ = live_profile(schedule.backward, live, bwd_keep, memo)
+    fwd_peak, fwd_at = _peak(fwd_profile, schedule.forward)
+    bwd_peak, bwd_at = _peak(bwd_profile, schedule.backward)
+    fwd_peak = max(fwd_peak, forward_end)
+    peak, at = (fwd_peak, fwd_at) if fwd_peak >= bwd_peak else (bwd_peak, bwd_at)
+    return PeakReport(peak, fwd_peak, bwd_peak, at, forward_end)
+
+
+def _peak(profile: list[int], nodes: Sequence[fx.Node]) -> tuple[int, str]:
+    if not profile:
+        return 0, ""
+    i = max(range(len(profile)), key=profile.__getitem__)
+    return profile[i], nodes[i].name
+
+
+def plan_peak(analysis: JointGraphAnalysis, saved: Iterable[fx.Node]) -> PeakReport:
+    """Predicted peak of the plan that saves ``saved``."""
+    return predict_peak(analysis, step_schedule(analysis, saved))

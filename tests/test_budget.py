@@ -1,0 +1,101 @@
+"""Budget semantics end to end: fractions, "auto", solver choice and failure, always a correct plan."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+import torch
+
+import autoremat
+import autoremat.passes.budget_solver as budget_solver_module
+import autoremat.passes.partitioner as partitioner_module
+from tests.harness import EAGER_TOL, assert_steps_match, compiled_step, train_step
+from tests.models import Transformer
+
+
+def _backend(budget, **kw):
+    return autoremat.backend(compiler="eager", memory_budget=budget, **kw)
+
+
+def _model():
+    torch.manual_seed(0)
+    return Transformer(d=16, layers=2), (torch.randn(4, 32, 16, requires_grad=True),)
+
+
+def _plan(budget, **kw) -> autoremat.Plan:
+    model, inputs = _model()
+    autoremat.clear_plans()
+    got = compiled_step(model, _backend(budget, **kw), inputs)
+    assert_steps_match(got, train_step(model, model, inputs), EAGER_TOL)
+    (plan,) = autoremat.recent_plans()
+    return plan
+
+
+def test_fraction_interpolates_between_least_and_runtime_optimal_peaks():
+    high, low, half = _plan(1.0), _plan(0.0), _plan(0.5)
+    assert low.predicted_peak_bytes == low.least_bytes < high.predicted_peak_bytes
+    assert half.least_bytes <= half.target_bytes <= half.runtime_optimal_bytes
+    assert half.target_bytes == int(half.least_bytes + 0.5 * (half.runtime_optimal_bytes - half.least_bytes))
+    assert low.predicted_peak_bytes <= half.predicted_peak_bytes <= half.target_bytes
+    assert half.predicted_recompute_s <= low.predicted_recompute_s * (1 + 1e-9)
+    assert half.solver in ("milp", "greedy") and half.solver_stats["milp_solves"] >= 1
+
+
+def test_auto_budget_fits_what_the_device_has_free(monkeypatch):
+    monkeypatch.setattr(partitioner_module, "available_bytes", lambda device: 10**12)
+    roomy = _plan("auto")
+    assert roomy.solver == "min-cut" and any("resolved to 1000000000000 bytes" in n for n in roomy.notes)
+    high, low = _plan(1.0), _plan(0.0)
+    tight = (low.predicted_peak_bytes + high.predicted_peak_bytes) // 2
+    monkeypatch.setattr(partitioner_module, "available_bytes", lambda device: tight)
+    fitted = _plan("auto")
+    assert fitted.target_bytes == tight and fitted.predicted_peak_bytes <= tight
+
+
+def test_auto_on_cpu_claims_half_of_available_ram():
+    from autoremat.cost_models.device_memory import CPU_SHARE, _host_available_bytes, available_bytes
+
+    expected = _host_available_bytes() * CPU_SHARE
+    assert available_bytes(torch.device("cpu")) == pytest.approx(expected, rel=0.2)
+    assert available_bytes(None) > 0
+
+
+def test_greedy_solver_option_never_calls_the_milp(monkeypatch):
+    def forbidden(*args, **kwargs):
+        raise AssertionError("MILP called with solver='greedy'")
+
+    monkeypatch.setattr(budget_solver_module, "solve_budget", forbidden)
+    plan = _plan(0.3, solver="greedy")
+    assert plan.solver in ("greedy", "min-cut") and plan.predicted_peak_bytes <= plan.target_bytes
+    assert plan.solver_stats["milp_solves"] == 0
+
+
+def test_milp_failure_falls_back_to_greedy_with_a_logged_note(monkeypatch, caplog):
+    def broken(*args, **kwargs):
+        raise RuntimeError("injected HiGHS failure")
+
+    monkeypatch.setattr(budget_solver_module, "solve_budget", broken)
+    with caplog.at_level(logging.WARNING, logger="autoremat"):
+        plan = _plan(0.3)
+    assert plan.status in ("within-budget", "optimal") and plan.predicted_peak_bytes <= plan.target_bytes
+    assert any("injected HiGHS failure" in n for n in plan.notes)
+    assert "injected HiGHS failure" in caplog.text
+
+
+def test_tiny_time_limit_still_gives_a_plan_within_budget():
+    plan = _plan(0.3, solver_time_limit=0.001)
+    assert plan.predicted_peak_bytes <= plan.target_bytes
+    assert plan.status in ("within-budget", "optimal")
+
+
+def test_plan_records_solver_status_gap_and_problem_size():
+    plan = _plan(0.5)
+    stats = plan.solver_stats
+    assert stats["milp_binaries"] > 0 and stats["milp_rows"] > 0 and stats["milp_seconds"] > 0
+    if plan.solver == "milp":
+        assert plan.optimality_gap is not None and plan.optimality_gap >= 0
+    else:
+        assert plan.optimality_gap is None
+    restored = autoremat.Plan.from_json(plan.to_json())
+    assert restored.solver_stats == stats and restored.predicted_peak_bytes == plan.predicted_peak_bytes

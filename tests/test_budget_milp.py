@@ -1,0 +1,160 @@
+"""Solver specification: the MILP's optimum equals exhaustive enumeration under the same model.
+
+Problems are generated directly as ``BudgetProblem`` data (random DAGs, byte sizes, costs, liveness
+intervals, storage groups), so every corner of the model is exercised, not only what real graphs
+happen to contain; a second test builds problems from real joint graphs.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
+
+from autoremat.passes.budget_model import UNUSED, BudgetProblem, build_problem
+from autoremat.passes.milp import MIP_REL_GAP, solve_budget
+
+MAX_N = 9  # 2^9 saved sets per problem: exhaustive and fast
+
+
+@st.composite
+def problems(draw) -> BudgetProblem:
+    n = draw(st.integers(1, MAX_N))
+    inputs = tuple(
+        tuple(sorted(draw(st.sets(st.integers(0, v - 1), max_size=2)))) if v else () for v in range(n)
+    )
+    positions = draw(st.integers(1, 5))
+    needed = tuple(sorted(draw(st.sets(st.integers(0, n - 1), min_size=1))))
+    firsts, lasts = [], []
+    for _ in range(n):
+        if draw(st.booleans()):
+            a, b = sorted(draw(st.lists(st.integers(0, positions - 1), min_size=2, max_size=2)))
+        else:
+            a = b = UNUSED
+        firsts.append(a)
+        lasts.append(b)
+    groups = draw(st.lists(st.integers(0, n - 1), min_size=n, max_size=n))
+    n_groups = max(groups) + 1
+    forward_positions = draw(st.integers(1, 4))
+    size = st.integers(0, 1000)
+    return BudgetProblem(
+        inputs=inputs,
+        needed=needed,
+        can_save=tuple(draw(st.lists(st.booleans(), min_size=n, max_size=n))),
+        can_recompute=tuple(draw(st.lists(st.booleans(), min_size=n, max_size=n))),
+        cost_s=tuple(draw(st.lists(st.floats(0, 1e-3), min_size=n, max_size=n))),
+        recompute_bytes=tuple(draw(st.lists(size, min_size=n, max_size=n))),
+        first=tuple(firsts),
+        last=tuple(lasts),
+        group=tuple(groups),
+        group_bytes=tuple(draw(st.lists(size, min_size=n_groups, max_size=n_groups))),
+        save_last=tuple(
+            draw(st.lists(st.integers(UNUSED, positions - 1), min_size=n_groups, max_size=n_groups))
+        ),
+        fwd_release=tuple(
+            draw(st.lists(st.integers(0, forward_positions - 1), min_size=n_groups, max_size=n_groups))
+        ),
+        bwd_base=tuple(draw(st.lists(size, min_size=positions, max_size=positions))),
+        fwd_base=tuple(draw(st.lists(size, min_size=forward_positions + 1, max_size=forward_positions + 1))),
+        save_extra_end=tuple(draw(st.lists(st.integers(0, 300), min_size=n, max_size=n))),
+    )
+
+
+def enumerate_plans(problem: BudgetProblem):
+    """(time, peak, saved) of every feasible saved set: the brute-force reference."""
+    saveable = [v for v in range(problem.n) if problem.can_save[v]]
+    for r in range(len(saveable) + 1):
+        for combo in itertools.combinations(saveable, r):
+            saved = set(combo)
+            if problem.is_feasible(saved):
+                yield problem.time_s(saved), problem.peak_bytes(saved)[0], saved
+
+
+@settings(deadline=None)
+@given(problems(), st.floats(0.0, 1.2))
+def test_milp_time_optimum_matches_brute_force(problem, cap_fraction):
+    plans = list(enumerate_plans(problem))
+    assume(plans)
+    peaks = sorted(p for _, p, _ in plans)
+    cap = int(peaks[0] + cap_fraction * (peaks[-1] - peaks[0]))
+    fitting = [t for t, p, _ in plans if p <= cap]
+    result = solve_budget(problem, cap_bytes=cap, time_limit=10)
+    if not fitting:
+        assert result.saved is None and result.status == "infeasible"
+        return
+    assert result.status == "optimal" and result.saved is not None
+    assert problem.is_feasible(set(result.saved))
+    assert result.peak_bytes == problem.peak_bytes(result.saved)[0] <= cap
+    best = min(fitting)
+    assert result.time_s == pytest.approx(problem.time_s(set(result.saved)))
+    assert result.time_s <= best * (1 + MIP_REL_GAP) + 1e-12
+
+
+@settings(deadline=None)
+@given(problems())
+def test_milp_least_peak_matches_brute_force(problem):
+    plans = list(enumerate_plans(problem))
+    assume(plans)
+    result = solve_budget(problem, minimise="peak", time_limit=10)
+    assert result.status == "optimal" and problem.is_feasible(set(result.saved))
+    least = min(p for _, p, _ in plans)
+    assert least <= result.peak_bytes <= least * (1 + MIP_REL_GAP) + 1
+
+
+def test_unsatisfiable_problem_reports_infeasible():
+    # The backward needs value 0, which can be neither saved nor recomputed.
+    problem = BudgetProblem(
+        inputs=((),),
+        needed=(0,),
+        can_save=(False,),
+        can_recompute=(False,),
+        cost_s=(1.0,),
+        recompute_bytes=(8,),
+        first=(0,),
+        last=(0,),
+        group=(0,),
+        group_bytes=(8,),
+        save_last=(0,),
+        fwd_release=(0,),
+        bwd_base=(0,),
+        fwd_base=(0, 0),
+    )
+    result = solve_budget(problem, cap_bytes=100)
+    assert result.saved is None and result.status == "infeasible"
+
+
+def test_bad_objective_is_a_value_error():
+    problem = BudgetProblem((), (), (), (), (), (), (), (), (), (), (), (), (0,), (0,))
+    with pytest.raises(ValueError, match="minimise='speed'.*'time' or 'peak'"):
+        solve_budget(problem, minimise="speed")
+
+
+def test_problem_built_from_a_real_graph_matches_brute_force_on_its_decisions():
+    """The real-graph problem is the same model: its MILP answer, checked against enumeration over
+    the few saveable values of a small MLP."""
+    import torch
+
+    from autoremat.cost_models import default_cost_model
+    from autoremat.passes.analysis import analyse
+    from autoremat.passes.mincut import cheap_by, solve_min_cut
+    from tests.harness import capture_joint
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(
+        torch.nn.Linear(8, 8), torch.nn.Tanh(), torch.nn.Linear(8, 8), torch.nn.Sigmoid()
+    )
+    joint = capture_joint(model, torch.randn(4, 8, requires_grad=True))
+    gm = joint.fresh_copy()
+    analysis = analyse(gm.graph, num_fwd_outputs=joint.num_fwd_outputs, static_lifetime_input_indices=[])
+    costs = default_cost_model(torch.device("cpu")).for_graph(analysis)
+    high = solve_min_cut(analysis, cheap_by(analysis, costs.is_cheap_to_recompute))
+    problem = build_problem(analysis, costs, high.saved).problem
+    assert sum(problem.can_save) <= 14, "test graph grew: enumeration would be slow"
+    plans = list(enumerate_plans(problem))
+    peaks = sorted(p for _, p, _ in plans)
+    cap = (peaks[0] + peaks[-1]) // 2
+    result = solve_budget(problem, cap_bytes=cap)
+    best = min(t for t, p, _ in plans if p <= cap)
+    assert result.peak_bytes <= cap and result.time_s <= best * (1 + MIP_REL_GAP) + 1e-12
