@@ -21,9 +21,11 @@ import torch.fx as fx
 
 from autoremat import _torch_compat as compat
 from autoremat._version import __version__
-from autoremat.cost_models import GraphCosts, calibrate, default_cost_model
+from autoremat.cost_models import GraphCosts, default_cost_model
+from autoremat.distributed import planning_calibration
 from autoremat.options import RematOptions
 from autoremat.passes.analysis import JointGraphAnalysis, analyse
+from autoremat.passes.collectives import cse_keeping_collectives
 from autoremat.passes.interim_budget import solve_to_target
 from autoremat.passes.mincut import CutResult, cheap_by, solve_min_cut
 from autoremat.passes.plan_builder import build_plan
@@ -57,7 +59,8 @@ class RematPartitioner(compat.CustomPartitionerFn):
 
     def __init__(self, options: RematOptions, device: torch.device | None = None) -> None:
         self.options = options
-        self.calibration = calibrate(device) if options.calibrate else None
+        #: None under torch.distributed with several ranks: decisions must not depend on local timings
+        self.calibration, self._notes = planning_calibration(options, device)
         #: set by the backend before each compile; stamped on plans so they can be stored and found
         self.graph_key = ""
 
@@ -104,6 +107,7 @@ class RematPartitioner(compat.CustomPartitionerFn):
                 notes=[f"fallback after {type(exc).__name__}: {exc}"],
             )
         plan.partition_seconds = time.perf_counter() - start
+        plan.notes.extend(self._notes)
         plan.graph_key = self.graph_key
         announce(plan)
         return fw, bw
@@ -111,10 +115,11 @@ class RematPartitioner(compat.CustomPartitionerFn):
     def _partition(
         self, gm: fx.GraphModule, num_fwd_outputs: int, static_idx: list[int] | None
     ) -> tuple[fx.GraphModule, fx.GraphModule, Plan]:
+        compat.keep_collective_waits_alive()  # DCE must never drop a collective (DESIGN §3)
         gm.graph.eliminate_dead_code()
         gm.recompile()
         if compat.functorch_config.cse:
-            gm.graph = compat.fx_graph_cse(gm.graph)
+            gm.graph = cse_keeping_collectives(gm.graph)
             gm.recompile()
         analysis = analyse(
             gm.graph, num_fwd_outputs=num_fwd_outputs, static_lifetime_input_indices=static_idx
