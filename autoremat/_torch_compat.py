@@ -87,6 +87,7 @@ __all__ = [
     "is_sym_node",
     "is_tangent",
     "is_with_effects",
+    "keep_collective_waits_alive",
     "partitioner_tag",
     "polish_partitioned_modules",
     "profiler_memory_events",
@@ -115,6 +116,20 @@ def hint_int(value: Any, fallback: int = 4096) -> int:
     if isinstance(value, int):
         return value
     return int(_hint(value, fallback=fallback))
+
+
+def keep_collective_waits_alive() -> None:
+    """Make FX's dead-code elimination keep functional-collective waits (and so their collectives).
+
+    Functional collectives are pure in FX's eyes; only ``wait_tensor`` is registered as side-effectful,
+    and torch does that when ``torch.distributed._functional_collectives`` is imported (2.11-2.13:
+    ``torch.fx.node.has_side_effect``), not when the C++ ops are. A graph can hold ``_c10d_functional``
+    ops without that import having happened; then both our DCE and the one inside torch's extraction
+    helper would delete a wait whose value is unused, and its collective with it. Idempotent and cheap.
+    """
+    if not torch.distributed.is_available():
+        return
+    torch.fx.node.has_side_effect(torch.ops._c10d_functional.wait_tensor.default)
 
 
 def partitioner_tag(node: fx.Node) -> str | None:

@@ -7,6 +7,7 @@ the demo and tests see what the partitioner did without reaching into compiled g
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections import deque
 from dataclasses import asdict, dataclass, field
@@ -96,6 +97,23 @@ class Plan:
     @classmethod
     def from_json(cls, text: str) -> Plan:
         return cls.from_dict(json.loads(text))
+
+    def digest(self) -> str:
+        """sha256 of the decisions alone, for comparing plans across ranks and runs.
+
+        Covers what was saved (names and bytes), what is recomputed, the budget, solver and status.
+        Timings, predictions, notes and ``from_cache`` are left out: they legitimately differ between
+        ranks (or between a fresh compile and a cache hit) while the decisions must not.
+        """
+        decisions = {
+            "budget": self.budget,
+            "solver": self.solver,
+            "status": self.status,
+            "saved": [[s.name, s.nbytes] for s in self.saved],
+            "saved_bytes": self.saved_bytes,
+            "recomputed": [r.name for r in self.recomputed],
+        }
+        return hashlib.sha256(json.dumps(decisions, sort_keys=True).encode()).hexdigest()
 
     @property
     def predicted_overhead_s(self) -> float | None:

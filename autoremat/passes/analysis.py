@@ -182,6 +182,18 @@ def _never_recompute_reason(
     return None
 
 
+def _forward_collectives(nodes: list[fx.Node], tangent_closure: set[fx.Node]) -> list[fx.Node]:
+    """Collectives the forward issues, even those only the backward reads (e.g. a custom
+    autograd.Function that saves an all_reduce): they stay in the forward graph, where eager runs
+    them, so they are saved rather than moved to (or repeated in) the backward. Recompute-tagged ones
+    are left to the user's tag."""
+    return [
+        n
+        for n in nodes
+        if n not in tangent_closure and classify(n) is OpClass.COLLECTIVE and not _tagged_must_recompute(n)
+    ]
+
+
 def analyse(
     graph: fx.Graph, *, num_fwd_outputs: int, static_lifetime_input_indices: list[int] | None
 ) -> JointGraphAnalysis:
@@ -205,6 +217,7 @@ def analyse(
             tangent_closure.add(node)
 
     forced_fwd = [n for n in nodes if n.op == "call_function" and _must_be_in_forward(n)]
+    forced_fwd += _forward_collectives(nodes, tangent_closure)
     forward_nodes = _ancestors(fwd_outputs + forced_fwd) - tangent_closure
     forward_nodes.update(n for n in nodes if compat.is_fwd_seed_offset(n))
 

@@ -50,6 +50,9 @@ CAP_MARGIN = 0.005
 #: share of the time limit one MILP solve may use, and the least time worth giving one
 MILP_SHARE = 0.25
 MIN_SOLVE_SECONDS = 0.2
+#: deterministic mode: branch-and-bound nodes per MILP solve, and a wall-clock safety net
+DETERMINISTIC_NODE_LIMIT = 500
+DETERMINISTIC_SAFETY_SECONDS = 60.0
 #: greedy release prefixes simulated up front: cheap plans between the two min-cut extremes
 GREEDY_POINTS = 6
 
@@ -108,17 +111,29 @@ class _Pool:
 
 
 class _Deadline:
-    def __init__(self, seconds: float) -> None:
+    """The solver's time budget. Deterministic mode (several ranks plan the same graph) ignores the
+    clock: every MILP is bounded by branch-and-bound nodes instead, so all ranks get the same plan."""
+
+    def __init__(self, seconds: float, deterministic: bool = False) -> None:
         self.total = seconds
+        self.deterministic = deterministic
         self.end = time.perf_counter() + seconds
 
     def left(self) -> float:
+        if self.deterministic:
+            return self.total
         return max(self.end - time.perf_counter(), 0.0)
 
     def slice(self) -> float:
         """Time for one MILP solve: a share of the total, so one hard solve cannot starve the rest
         (a solve stopped by its limit still returns its best plan and gap)."""
+        if self.deterministic:  # a safety net only: the node limit ends the solve first in practice
+            return DETERMINISTIC_SAFETY_SECONDS
         return min(self.left(), max(self.total * MILP_SHARE, MIN_SOLVE_SECONDS))
+
+    @property
+    def node_limit(self) -> int | None:
+        return DETERMINISTIC_NODE_LIMIT if self.deterministic else None
 
 
 def complete_saved(analysis: JointGraphAnalysis, saved: Iterable[fx.Node]) -> CutResult:
@@ -149,13 +164,16 @@ def solve_for_budget(
     cap_bytes: int | None = None,
     time_limit: float = 5.0,
     solver: str = "milp",
+    deterministic: bool = False,
 ) -> BudgetSolution:
-    """Plan for a fractional budget or a byte cap on the predicted peak (exactly one of them)."""
+    """Plan for a fractional budget or a byte cap on the predicted peak (exactly one of them).
+
+    ``deterministic`` replaces the time limit by work limits, for when several ranks must agree."""
     if (fraction is None) == (cap_bytes is None):
         raise ValueError("solve_for_budget needs exactly one of fraction and cap_bytes")
     if solver not in SOLVERS:
         raise ValueError(f"solver={solver!r} is invalid: expected one of {SOLVERS}")
-    deadline = _Deadline(time_limit)
+    deadline = _Deadline(time_limit, deterministic)
     stats: dict[str, Any] = {"milp_solves": 0, "milp_seconds": 0.0}
     notes: list[str] = []
     pool = _Pool(analysis, costs)
@@ -268,7 +286,9 @@ def _milp_least_peak(
             if deadline.left() <= 0:
                 return
             built = build_problem(pool.analysis, pool.costs, reference)
-            result = solve_budget(built.problem, minimise="peak", time_limit=deadline.slice())
+            result = solve_budget(
+                built.problem, minimise="peak", time_limit=deadline.slice(), node_limit=deadline.node_limit
+            )
             _count(stats, result)
             if result.saved is None:
                 break
@@ -297,7 +317,9 @@ def _milp_to_target(
         for _ in range(MAX_SOLVES_PER_REFERENCE):
             if deadline.left() <= 0:
                 return
-            result = solve_budget(built.problem, cap_bytes=cap, time_limit=deadline.slice())
+            result = solve_budget(
+                built.problem, cap_bytes=cap, time_limit=deadline.slice(), node_limit=deadline.node_limit
+            )
             _count(stats, result)
             if result.saved is None:
                 log.debug("autoremat: MILP %s at cap=%d", result.status, cap)

@@ -31,7 +31,7 @@ _TIE_WEIGHT = 1e-6
 #: proving the last 1% of predicted recompute time optimal buys nothing and can cost seconds
 MIP_REL_GAP = 1e-2
 
-_STATUS = {0: "optimal", 1: "time-limit", 2: "infeasible", 3: "unbounded", 4: "failed"}
+_STATUS = {0: "optimal", 1: "limit-reached", 2: "infeasible", 3: "unbounded", 4: "failed"}
 
 
 @dataclass(frozen=True)
@@ -81,7 +81,7 @@ class _Program:
         self.row_lo.append(lo)
         self.row_hi.append(hi)
 
-    def solve(self, time_limit: float) -> object:
+    def solve(self, time_limit: float, node_limit: int | None = None) -> object:
         shape = (len(self.row_lo), len(self.lower))
         matrix = coo_array((self.vals, (self.rows, self.cols)), shape=shape).tocsr()
         constraints = LinearConstraint(matrix, self.row_lo, self.row_hi) if self.row_lo else ()
@@ -90,7 +90,12 @@ class _Program:
             integrality=np.asarray(self.integer),
             bounds=Bounds(self.lower, self.upper),
             constraints=constraints,
-            options={"time_limit": max(time_limit, 0.01), "mip_rel_gap": MIP_REL_GAP, "disp": False},
+            options={
+                "time_limit": max(time_limit, 0.01),
+                "mip_rel_gap": MIP_REL_GAP,
+                "disp": False,
+                **({"node_limit": node_limit} if node_limit is not None else {}),
+            },
         )
 
 
@@ -105,10 +110,12 @@ def solve_budget(
     minimise: str = "time",
     time_limit: float = 5.0,
     exclude: Iterable[frozenset[int]] = (),
+    node_limit: int | None = None,
 ) -> MilpResult:
     """Minimum recompute time with model peak <= ``cap_bytes`` (``minimise="time"``), or the least
     model peak (``minimise="peak"``, cap optional). ``exclude`` lists saved sets the answer must differ
-    from (no-good cuts: plans a finer check rejected)."""
+    from (no-good cuts: plans a finer check rejected). ``node_limit`` bounds branch-and-bound by work
+    rather than time: the answer is then the same on every machine (used under torch.distributed)."""
     if minimise not in ("time", "peak"):
         raise ValueError(f"minimise={minimise!r} is invalid: expected 'time' or 'peak'")
     start = time.perf_counter()
@@ -144,7 +151,7 @@ def solve_budget(
         terms = {save[v]: (-1.0 if v in saved_set else 1.0) for v in range(p.n) if p.can_save[v]}
         prog.row(terms, 1.0 - len(saved_set), math.inf)
 
-    res = prog.solve(time_limit)
+    res = prog.solve(time_limit, node_limit)
     elapsed = time.perf_counter() - start
     status = _STATUS.get(res.status, "failed")
     if res.x is None:

@@ -21,11 +21,13 @@ import torch.fx as fx
 
 from autoremat import _torch_compat as compat
 from autoremat._version import __version__
-from autoremat.cost_models import GraphCosts, calibrate, default_cost_model
+from autoremat.cost_models import GraphCosts, default_cost_model
 from autoremat.cost_models.device_memory import available_bytes
+from autoremat.distributed import planning_calibration, world_size
 from autoremat.options import RematOptions
 from autoremat.passes.analysis import JointGraphAnalysis, analyse
 from autoremat.passes.budget_solver import solve_for_budget
+from autoremat.passes.collectives import cse_keeping_collectives
 from autoremat.passes.mincut import CutResult, cheap_by, solve_min_cut
 from autoremat.passes.plan_builder import build_plan
 from autoremat.passes.rewrite import recomputed_ops, split_joint_graph
@@ -34,6 +36,9 @@ from autoremat.plan import Plan, RecomputedOp, record
 log = logging.getLogger("autoremat")
 
 _PACKAGE_DIR = pathlib.Path(__file__).resolve().parent.parent
+#: under several ranks, "auto" rounds free memory down to this, so ranks with nearly the same free
+#: memory plan the same (an explicit byte budget is the way to guarantee it)
+AUTO_GRANULARITY_BYTES = 256 * 2**20
 
 
 class BudgetInfeasible(ValueError):
@@ -58,7 +63,8 @@ class RematPartitioner(compat.CustomPartitionerFn):
 
     def __init__(self, options: RematOptions, device: torch.device | None = None) -> None:
         self.options = options
-        self.calibration = calibrate(device) if options.calibrate else None
+        #: None under torch.distributed with several ranks: decisions must not depend on local timings
+        self.calibration, self._notes = planning_calibration(options, device)
         #: set by the backend before each compile; stamped on plans so they can be stored and found
         self.graph_key = ""
 
@@ -105,6 +111,7 @@ class RematPartitioner(compat.CustomPartitionerFn):
                 notes=[f"fallback after {type(exc).__name__}: {exc}"],
             )
         plan.partition_seconds = time.perf_counter() - start
+        plan.notes.extend(self._notes)
         plan.graph_key = self.graph_key
         announce(plan)
         return fw, bw
@@ -112,10 +119,11 @@ class RematPartitioner(compat.CustomPartitionerFn):
     def _partition(
         self, gm: fx.GraphModule, num_fwd_outputs: int, static_idx: list[int] | None
     ) -> tuple[fx.GraphModule, fx.GraphModule, Plan]:
+        compat.keep_collective_waits_alive()  # DCE must never drop a collective (DESIGN §3)
         gm.graph.eliminate_dead_code()
         gm.recompile()
         if compat.functorch_config.cse:
-            gm.graph = compat.fx_graph_cse(gm.graph)
+            gm.graph = cse_keeping_collectives(gm.graph)
             gm.recompile()
         analysis = analyse(
             gm.graph, num_fwd_outputs=num_fwd_outputs, static_lifetime_input_indices=static_idx
@@ -148,8 +156,11 @@ class RematPartitioner(compat.CustomPartitionerFn):
         if budget.kind == "fraction" and budget.value >= 1.0:
             return high, high, "min-cut", "optimal", {"optimality_gap": 0.0}
         notes: list[str] = []
+        ranks = world_size()
         if budget.kind == "auto":
             cap = available_bytes(device)
+            if ranks > 1:  # free memory is rank-local: coarsen it so that similar ranks agree
+                cap -= cap % AUTO_GRANULARITY_BYTES
             notes.append(f"memory_budget='auto' resolved to {cap} bytes available on {device or 'cpu'}")
             target: dict[str, Any] = {"cap_bytes": cap}
         elif budget.kind == "fraction":
@@ -163,6 +174,7 @@ class RematPartitioner(compat.CustomPartitionerFn):
             high=high,
             time_limit=self.options.solver_time_limit,
             solver=self.options.solver,
+            deterministic=ranks > 1,
             **target,
         )
         notes.extend(solution.notes)
