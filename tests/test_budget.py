@@ -99,3 +99,20 @@ def test_plan_records_solver_status_gap_and_problem_size():
         assert plan.optimality_gap is None
     restored = autoremat.Plan.from_json(plan.to_json())
     assert restored.solver_stats == stats and restored.predicted_peak_bytes == plan.predicted_peak_bytes
+
+
+def test_several_ranks_bound_the_milp_by_work_not_time(monkeypatch):
+    calls = []
+    real = budget_solver_module.solve_budget
+
+    def spy(*args, **kwargs):
+        calls.append(kwargs)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(partitioner_module, "world_size", lambda: 2)
+    monkeypatch.setattr(budget_solver_module, "solve_budget", spy)
+    first = _plan(0.3, solver_time_limit=0.001)  # the clock would stop a single-rank solve at once
+    again = _plan(0.3, solver_time_limit=0.001)
+    assert calls and all(c["node_limit"] == budget_solver_module.DETERMINISTIC_NODE_LIMIT for c in calls)
+    assert first.digest() == again.digest()
+    assert first.predicted_peak_bytes <= first.target_bytes

@@ -14,8 +14,10 @@ Memory comes from the liveness model (``liveness.py``) linearised around a refer
 - **forward**: a saved storage stays live after its last forward use ``fwd_release``; the forward's own
   transients give a fixed profile ``fwd_base``.
 
-The model is exact when the solution's recompute chains match the reference's; the budget solver
-re-linearises around its own answer and checks the final plan with the full liveness simulation.
+At the reference plan the model is raised to the simulation wherever it falls short (recompute bursts
+between two backward nodes, backward-only values the forward computes at its end) and left
+conservative where it overestimates (a recomputed chain charged all at once). Elsewhere it is an
+approximation: the budget solver checks every plan with the full liveness simulation.
 Objective: predicted recompute time (the fusion model's per-node marginal cost, linearised by assuming
 a recomputed fusible node's fusible inputs are recomputed with it).
 """
@@ -128,9 +130,10 @@ def build_problem(
 ) -> BuiltProblem:
     """Linearise the budgeted problem of ``analysis`` around the plan that saves ``reference_saved``.
 
-    The backward profile gets a per-position correction so that the model reproduces the liveness
-    simulation of the reference plan exactly, including recompute bursts between two backward nodes,
-    which the interval model alone cannot see.
+    The forward and backward profiles get a per-position correction that raises the model to the
+    liveness simulation of the reference plan where the interval model falls short of it. (Lowering
+    it where the model overestimates would make the reference exact, but would then underestimate
+    every plan that does not recompute what the reference does.)
     """
     facts = analysis.facts
     # Every value outside the tangent closure can be computed in the forward and saved, including
@@ -180,7 +183,7 @@ def build_problem(
         fwd_base=tuple(fwd_base),
         save_extra_end=tuple(_backward_only_chains(analysis, candidates, index)),
     )
-    bwd_fix = _burst_correction(analysis, problem, full, index, memo)
+    bwd_fix = _burst_correction(problem, full, index, memo)
     fwd_fix = _forward_correction(problem, full, forward, index, memo)
     problem = replace(
         problem,
@@ -334,7 +337,6 @@ def _storage_groups(
 
 
 def _burst_correction(
-    analysis: JointGraphAnalysis,
     problem: BudgetProblem,
     full: StepSchedule,
     index: dict[fx.Node, int],

@@ -207,10 +207,10 @@ def solve_for_budget(
         return solution
 
     if milp_ok:
-        # Linearise around the best plan known to fit (the model is exact there, so the MILP can
-        # only improve on it), then around the runtime-optimal and least-peak plans.
-        fitting = pool.fastest_within(target)
-        references = list({c.saved: c for c in (fitting.cut, high, least.cut) if c is not None}.values())
+        # Linearise around the best plan known to fit (the model is closest to the truth near it),
+        # then around the runtime-optimal and least-peak plans.
+        fitting = pool.fastest_within(target) or least
+        references = list({c.saved: c for c in (fitting.cut, high, least.cut)}.values())
         milp_ok = _guard(notes, "budget", lambda: _milp_to_target(pool, references, target, deadline, stats))
     best = pool.fastest_within(target)
     if not milp_ok or best is None or best.source != "milp":
@@ -226,6 +226,7 @@ def solve_for_budget(
             measure=lambda cut: pool.add(cut, "greedy").peak,
             high=high,
             low=low_cut,
+            keep_going=lambda: deadline.left() > 0,
         )
         pool.add(outcome.cut, "greedy")
         best = pool.fastest_within(target)

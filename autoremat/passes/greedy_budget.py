@@ -61,10 +61,12 @@ def greedy_to_target(
     measure: Callable[[CutResult], int],
     high: CutResult | None = None,
     low: CutResult | None = None,
+    keep_going: Callable[[], bool] = lambda: True,
 ) -> GreedyOutcome:
     """Fewest cheapest releases whose cut has ``measure(cut) <= target_bytes`` (or the least-memory
     cut when none does; the caller compares ``bytes`` with the target). ``high``/``low`` are the
-    runtime-optimal and least-bytes cuts when the caller already has them."""
+    runtime-optimal and least-bytes cuts when the caller already has them. When ``keep_going()`` turns
+    false the bisection stops with the best cut meeting the target so far."""
     relaxed = least_memory_rules(base)
     high = high or solve_min_cut(analysis, base)
     high_bytes = measure(high)
@@ -77,7 +79,7 @@ def greedy_to_target(
         return GreedyOutcome(low, low_bytes, len(candidates))
     # Releasing every candidate is exactly the `low` cut, so it seeds the bisection.
     lo, hi, best, best_bytes = 0, len(candidates), low, low_bytes
-    while lo < hi:  # invariant: releasing `hi` candidates meets the target
+    while lo < hi and keep_going():  # invariant: releasing `hi` candidates meets the target
         mid = (lo + hi) // 2
         cut = solve_min_cut(analysis, released(candidates[:mid], base))
         nbytes = measure(cut)
