@@ -23,7 +23,7 @@ COMPILERS = ("inductor", "eager")
 #: budget solvers (passes/budget_solver.py): the exact MILP, or the greedy min-cut bisection
 SOLVERS = ("milp", "greedy")
 #: default seconds the budget solver may spend on one graph (the MILP's time limit, all solves together)
-DEFAULT_SOLVER_TIME_LIMIT = 5.0
+DEFAULT_SOLVER_TIME_LIMIT = 10.0
 ENV_PREFIX = "AUTOREMAT_"
 
 _UNITS = {

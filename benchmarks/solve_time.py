@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--layers", type=int, default=30, help="GPT depth (30: ~5,100 nodes)")
     parser.add_argument("--profile", default="quick", help="benchmark profile for the largest model graph")
     parser.add_argument("--budgets", type=float, nargs="+", default=[0.5, 0.1])
-    parser.add_argument("--time-limit", type=float, default=5.0)
+    parser.add_argument("--time-limit", type=float, default=10.0)
     args = parser.parse_args(argv)
     print(f"torch {torch.__version__}; solver_time_limit {args.time_limit:g} s\n")
     print(

@@ -87,6 +87,11 @@ def test_tiny_time_limit_still_gives_a_plan_within_budget():
     plan = _plan(0.3, solver_time_limit=0.001)
     assert plan.predicted_peak_bytes <= plan.target_bytes
     assert plan.status in ("within-budget", "optimal")
+    assert any("time limit" in n for n in plan.notes)
+
+
+def test_same_graph_and_options_give_the_same_plan():
+    assert _plan(0.4).digest() == _plan(0.4).digest()
 
 
 def test_plan_records_solver_status_gap_and_problem_size():
@@ -101,7 +106,7 @@ def test_plan_records_solver_status_gap_and_problem_size():
     assert restored.solver_stats == stats and restored.predicted_peak_bytes == plan.predicted_peak_bytes
 
 
-def test_several_ranks_bound_the_milp_by_work_not_time(monkeypatch):
+def test_plans_are_reproducible_and_several_ranks_ignore_the_clock(monkeypatch):
     calls = []
     real = budget_solver_module.solve_budget
 
@@ -113,6 +118,7 @@ def test_several_ranks_bound_the_milp_by_work_not_time(monkeypatch):
     monkeypatch.setattr(budget_solver_module, "solve_budget", spy)
     first = _plan(0.3, solver_time_limit=0.001)  # the clock would stop a single-rank solve at once
     again = _plan(0.3, solver_time_limit=0.001)
-    assert calls and all(c["node_limit"] == budget_solver_module.DETERMINISTIC_NODE_LIMIT for c in calls)
+    assert calls and all(c["node_limit"] == budget_solver_module.MILP_NODE_LIMIT for c in calls)
+    assert all(c["time_limit"] == budget_solver_module.DETERMINISTIC_SAFETY_SECONDS for c in calls)
     assert first.digest() == again.digest()
     assert first.predicted_peak_bytes <= first.target_bytes

@@ -44,15 +44,20 @@ log = logging.getLogger("autoremat")
 
 SOLVERS = ("milp", "greedy")
 #: MILP solves per reference plan (each with a lower cap, or a new reference) before moving on
-MAX_SOLVES_PER_REFERENCE = 4
+MAX_SOLVES_PER_REFERENCE = 3
 #: extra margin below the target when the simulation rejected a proposal: avoids creeping up to it
 CAP_MARGIN = 0.005
 #: share of the time limit one MILP solve may use, and the least time worth giving one
 MILP_SHARE = 0.25
 MIN_SOLVE_SECONDS = 0.2
-#: deterministic mode: branch-and-bound nodes per MILP solve, and a wall-clock safety net
-DETERMINISTIC_NODE_LIMIT = 500
+#: branch-and-bound nodes per MILP solve: bounds the work, so the answer does not depend on the clock
+MILP_NODE_LIMIT = 500
+#: with several ranks the clock is ignored; this only stops a pathological solve
 DETERMINISTIC_SAFETY_SECONDS = 60.0
+#: budget fractions a search also solves for when they are tighter than the user's: a plan found for a
+#: tighter budget fits a looser one too, so with these in the pool a looser budget never picks a plan
+#: slower than (or, at equal time, peaking above) what a tighter budget picks
+GRID_FRACTIONS = (0.75, 0.5, 0.25, 0.1)
 #: greedy release prefixes simulated up front: cheap plans between the two min-cut extremes
 GREEDY_POINTS = 6
 
@@ -111,29 +116,27 @@ class _Pool:
 
 
 class _Deadline:
-    """The solver's time budget. Deterministic mode (several ranks plan the same graph) ignores the
-    clock: every MILP is bounded by branch-and-bound nodes instead, so all ranks get the same plan."""
+    """The solver's time budget, a safety net only: each MILP stops at a branch-and-bound node limit
+    first in practice, so plans do not depend on machine speed or load (same graph and options, same
+    plan, DESIGN §3). With ``ignore_clock`` (several ranks planning the same graph) the clock is not
+    consulted at all, so ranks agree even when one of them is slow."""
 
-    def __init__(self, seconds: float, deterministic: bool = False) -> None:
+    def __init__(self, seconds: float, ignore_clock: bool = False) -> None:
         self.total = seconds
-        self.deterministic = deterministic
+        self.ignore_clock = ignore_clock
         self.end = time.perf_counter() + seconds
 
     def left(self) -> float:
-        if self.deterministic:
+        if self.ignore_clock:
             return self.total
         return max(self.end - time.perf_counter(), 0.0)
 
     def slice(self) -> float:
         """Time for one MILP solve: a share of the total, so one hard solve cannot starve the rest
         (a solve stopped by its limit still returns its best plan and gap)."""
-        if self.deterministic:  # a safety net only: the node limit ends the solve first in practice
+        if self.ignore_clock:
             return DETERMINISTIC_SAFETY_SECONDS
         return min(self.left(), max(self.total * MILP_SHARE, MIN_SOLVE_SECONDS))
-
-    @property
-    def node_limit(self) -> int | None:
-        return DETERMINISTIC_NODE_LIMIT if self.deterministic else None
 
 
 def complete_saved(analysis: JointGraphAnalysis, saved: Iterable[fx.Node]) -> CutResult:
@@ -162,18 +165,39 @@ def solve_for_budget(
     high: CutResult,
     fraction: float | None = None,
     cap_bytes: int | None = None,
-    time_limit: float = 5.0,
+    time_limit: float = 10.0,
     solver: str = "milp",
     deterministic: bool = False,
 ) -> BudgetSolution:
     """Plan for a fractional budget or a byte cap on the predicted peak (exactly one of them).
 
-    ``deterministic`` replaces the time limit by work limits, for when several ranks must agree."""
+    ``deterministic`` stops consulting the clock at all, for when several ranks must agree."""
     if (fraction is None) == (cap_bytes is None):
         raise ValueError("solve_for_budget needs exactly one of fraction and cap_bytes")
     if solver not in SOLVERS:
         raise ValueError(f"solver={solver!r} is invalid: expected one of {SOLVERS}")
     deadline = _Deadline(time_limit, deterministic)
+    solution = _search(analysis, costs, base, high, fraction, cap_bytes, deadline, solver)
+    if deadline.left() <= 0:
+        solution.notes.append(
+            f"solver time limit ({time_limit:g} s) reached: the plan is the best found so far and may "
+            "differ between runs; raise solver_time_limit for a reproducible plan"
+        )
+        log.info("autoremat: %s", solution.notes[-1])
+    return solution
+
+
+def _search(
+    analysis: JointGraphAnalysis,
+    costs: GraphCosts,
+    base: RecomputeRules,
+    high: CutResult,
+    fraction: float | None,
+    cap_bytes: int | None,
+    deadline: _Deadline,
+    solver: str,
+) -> BudgetSolution:
+    """The pooled search of the module docstring; ``solve_for_budget`` validates and reports."""
     stats: dict[str, Any] = {"milp_solves": 0, "milp_seconds": 0.0}
     notes: list[str] = []
     pool = _Pool(analysis, costs)
@@ -192,7 +216,7 @@ def solve_for_budget(
     ):
         pool.add(cut, "greedy")
     milp_ok = solver == "milp" and _guard(
-        notes, "least-peak", lambda: _milp_least_peak(pool, [high, low_cut], deadline, stats)
+        notes, "least-peak", _milp_least_peak, pool, [high, low_cut], deadline, stats
     )
     least = pool.least()
     if fraction is not None:
@@ -206,17 +230,19 @@ def solve_for_budget(
         solution.status = "budget-infeasible"
         return solution
 
-    if milp_ok:
+    span = runtime_optimal.peak - least.peak
+    caps = [target] + [int(least.peak + f * span) for f in GRID_FRACTIONS if least.peak + f * span < target]
+    for cap in caps if milp_ok else ():
         # Linearise around the best plan known to fit (the model is closest to the truth near it),
-        # then around the runtime-optimal and least-peak plans.
-        fitting = pool.fastest_within(target) or least
-        references = list({c.saved: c for c in (fitting.cut, high, least.cut)}.values())
-        milp_ok = _guard(notes, "budget", lambda: _milp_to_target(pool, references, target, deadline, stats))
+        # then around the runtime-optimal plan.
+        fitting = pool.fastest_within(cap) or least
+        references = list({c.saved: c for c in (fitting.cut, high)}.values())
+        milp_ok = _guard(notes, "budget", _milp_to_target, pool, references, cap, deadline, stats)
     best = pool.fastest_within(target)
     if not milp_ok or best is None or best.source != "milp":
         if solver == "milp":
             reason = "ran out of time" if deadline.left() <= 0 else "found no faster plan within the target"
-            notes.append(f"MILP {reason} (limit {time_limit:g} s); tried the greedy solver too")
+            notes.append(f"MILP {reason} (limit {deadline.total:g} s); tried the greedy solver too")
             log.info("autoremat: %s", notes[-1])
         outcome = greedy_to_target(
             analysis,
@@ -254,10 +280,10 @@ def _solution(
     )
 
 
-def _guard(notes: list[str], what: str, run: Callable[[], None]) -> bool:
+def _guard(notes: list[str], what: str, run: Callable[..., None], *args: Any) -> bool:
     """Run a MILP stage; a failure is logged and noted, and the other plans stand."""
     try:
-        run()
+        run(*args)
     except Exception as exc:  # noqa: BLE001 - a solver failure degrades to the min-cut/greedy plans
         notes.append(f"MILP {what} solve failed ({type(exc).__name__}: {exc}); using min-cut/greedy plans")
         log.warning("autoremat: %s", notes[-1])
@@ -288,7 +314,7 @@ def _milp_least_peak(
                 return
             built = build_problem(pool.analysis, pool.costs, reference)
             result = solve_budget(
-                built.problem, minimise="peak", time_limit=deadline.slice(), node_limit=deadline.node_limit
+                built.problem, minimise="peak", time_limit=deadline.slice(), node_limit=MILP_NODE_LIMIT
             )
             _count(stats, result)
             if result.saved is None:
@@ -319,7 +345,7 @@ def _milp_to_target(
             if deadline.left() <= 0:
                 return
             result = solve_budget(
-                built.problem, cap_bytes=cap, time_limit=deadline.slice(), node_limit=deadline.node_limit
+                built.problem, cap_bytes=cap, time_limit=deadline.slice(), node_limit=MILP_NODE_LIMIT
             )
             _count(stats, result)
             if result.saved is None:
