@@ -1,6 +1,6 @@
 """python -m autoremat.demo: train a small GPT a few steps with torch.compile's default partitioner and
-with autoremat at several budgets, and print what each saved for backward, how fast it ran and whether
-its gradients match eager PyTorch.
+with autoremat at several budgets, and print what each saved for backward, the peak memory of a step
+(measured, and autoremat's prediction), how fast it ran and whether its gradients match eager PyTorch.
 
 All strategies run in this one process on the same initial weights and batch; the numbers are for
 comparing strategies against each other on this machine, not absolute speeds.
@@ -18,14 +18,15 @@ import torch
 
 import autoremat
 from autoremat.demo.model import GPT, GPTConfig, example_batch
-from autoremat.measure import max_relative_error, measure_saved_bytes, median_seconds
+from autoremat.measure import cpu_peak_bytes, max_relative_error, measure_saved_bytes, median_seconds
 
 
 @dataclass
 class Row:
     strategy: str
     saved_bytes: int
-    predicted_bytes: int | None
+    peak_bytes: int
+    predicted_peak_bytes: int | None
     step_ms: float
     compile_s: float
     grad_rel_err: float
@@ -53,23 +54,39 @@ def run_strategy(name: str, backend, base: GPT, batch, reference, steps: int) ->
         step_fn(*batch).backward()
 
     step_s = median_seconds(step, repeats=steps)
+    model.zero_grad(set_to_none=True)
+    peak = _peak_bytes(lambda: step_fn(*batch).backward())
     plans = autoremat.recent_plans()
-    known = [p.saved_bytes for p in plans if p.saved_bytes is not None]
+    known = [p.predicted_peak_bytes for p in plans if p.predicted_peak_bytes is not None]
     predicted = sum(known) if plans and len(known) == len(plans) else None
-    return Row(name, saved.nbytes, predicted, step_s * 1e3, compile_s, err)
+    return Row(name, saved.nbytes, peak, predicted, step_s * 1e3, compile_s, err)
+
+
+def _peak_bytes(step) -> int:
+    """Peak memory of one forward + backward above what was allocated before it."""
+    if not torch.cuda.is_available():
+        return cpu_peak_bytes(step)
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    start = torch.cuda.memory_allocated()
+    step()
+    torch.cuda.synchronize()
+    return torch.cuda.max_memory_allocated() - start
 
 
 def format_table(rows: list[Row], baseline: Row) -> str:
     header = (
-        "| strategy | activation bytes saved | vs torch.compile | autoremat predicted | step ms | "
-        "step vs torch.compile | first step s | grad max rel err vs eager |\n"
-        "|---|---:|---:|---:|---:|---:|---:|---:|"
+        "| strategy | activation bytes saved | vs torch.compile | peak bytes | vs torch.compile | "
+        "autoremat predicted peak | step ms | step vs torch.compile | first step s | "
+        "grad max rel err vs eager |\n"
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
     )
     lines = [header]
     for r in rows:
-        pred = "" if r.predicted_bytes is None else f"{r.predicted_bytes:,}"
+        pred = "" if r.predicted_peak_bytes is None else f"{r.predicted_peak_bytes:,}"
         lines.append(
             f"| {r.strategy} | {r.saved_bytes:,} | {r.saved_bytes / max(baseline.saved_bytes, 1):.2f}x | "
+            f"{r.peak_bytes:,} | {r.peak_bytes / max(baseline.peak_bytes, 1):.2f}x | "
             f"{pred} | {r.step_ms:.1f} | {r.step_ms / baseline.step_ms:.2f}x | {r.compile_s:.1f} | "
             f"{r.grad_rel_err:.1e} |"
         )
