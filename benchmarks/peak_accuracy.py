@@ -50,6 +50,7 @@ def measure(model_name: str, profile: str, compiler: str, budget: float, device:
     else:
         measured = cpu_peak_bytes(step)
     predicted = sum(p.predicted_peak_bytes or 0 for p in plans)
+    gaps = [p.optimality_gap for p in plans if p.optimality_gap is not None]
     return {
         "model": model_name,
         "compiler": compiler,
@@ -57,7 +58,7 @@ def measure(model_name: str, profile: str, compiler: str, budget: float, device:
         "graphs": len(plans),
         "solver": "+".join(sorted({p.solver for p in plans})),
         "status": "+".join(sorted({p.status for p in plans})),
-        "gap": max((p.optimality_gap or 0.0) for p in plans) if plans else None,
+        "gap": max(gaps) if gaps else None,
         "predicted_peak": predicted,
         "measured_peak": measured,
         "saved_bytes": sum(p.saved_bytes or 0 for p in plans),

@@ -10,6 +10,7 @@ symbolic; they are evaluated with the shape environment's hints and never guarde
 from __future__ import annotations
 
 import logging
+from collections.abc import Container, Iterable
 from dataclasses import dataclass, field
 
 import torch
@@ -120,7 +121,11 @@ def _tagged_must_recompute(node: fx.Node) -> bool:
     return _recompute_tag(node) in (_POLICY.MUST_RECOMPUTE, _POLICY.PREFER_RECOMPUTE)
 
 
-def _ancestors(roots: list[fx.Node]) -> set[fx.Node]:
+def ancestors(
+    roots: Iterable[object], *, stop: Container[fx.Node] = (), within: Container[fx.Node] | None = None
+) -> set[fx.Node]:
+    """``roots`` (non-nodes ignored) and every node they are computed from. Nodes in ``stop`` are
+    included but not looked through; with ``within``, only nodes in it are followed."""
     seen: set[fx.Node] = set()
     stack = [r for r in roots if isinstance(r, fx.Node)]
     while stack:
@@ -128,7 +133,8 @@ def _ancestors(roots: list[fx.Node]) -> set[fx.Node]:
         if node in seen:
             continue
         seen.add(node)
-        stack.extend(node.all_input_nodes)
+        if node not in stop:
+            stack.extend(a for a in node.all_input_nodes if within is None or a in within)
     return seen
 
 
@@ -218,7 +224,7 @@ def analyse(
 
     forced_fwd = [n for n in nodes if n.op == "call_function" and _must_be_in_forward(n)]
     forced_fwd += _forward_collectives(nodes, tangent_closure)
-    forward_nodes = _ancestors(fwd_outputs + forced_fwd) - tangent_closure
+    forward_nodes = ancestors(fwd_outputs + forced_fwd) - tangent_closure
     forward_nodes.update(n for n in nodes if compat.is_fwd_seed_offset(n))
 
     tangent_free_grads = {o for o in bwd_outputs if o not in tangent_closure}

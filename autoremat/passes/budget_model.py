@@ -30,7 +30,7 @@ from dataclasses import dataclass, replace
 import torch.fx as fx
 
 from autoremat.cost_models import GraphCosts
-from autoremat.passes.analysis import JointGraphAnalysis
+from autoremat.passes.analysis import JointGraphAnalysis, ancestors
 from autoremat.passes.liveness import (
     StepSchedule,
     StorageKey,
@@ -163,7 +163,7 @@ def build_problem(
     rec_bytes, rec_first, rec_last = _recompute_memory(candidates, index, first, last, direct, memo)
     group, group_bytes, save_last, fwd_release = _storage_groups(analysis, candidates, forward, last, memo)
     times = costs.linear_recompute_times(forward)
-    relevant = _ancestors_within({candidates[i] for i in direct}, index)
+    relevant = ancestors({candidates[i] for i in direct}, within=index)
     problem = BudgetProblem(
         inputs=tuple(tuple(index[a] for a in n.all_input_nodes if a in index) for n in candidates),
         needed=tuple(sorted(direct)),
@@ -193,17 +193,6 @@ def build_problem(
     return BuiltProblem(problem, tuple(candidates))
 
 
-def _ancestors_within(roots: set[fx.Node], index: dict[fx.Node, int]) -> set[fx.Node]:
-    seen: set[fx.Node] = set()
-    stack = list(roots)
-    while stack:
-        node = stack.pop()
-        if node not in seen:
-            seen.add(node)
-            stack.extend(a for a in node.all_input_nodes if a in index)
-    return seen
-
-
 def _may_save(
     analysis: JointGraphAnalysis, node: fx.Node, index: dict[fx.Node, int], relevant: set[fx.Node]
 ) -> bool:
@@ -227,10 +216,9 @@ def _backward_only_chains(
 ) -> list[int]:
     """For each backward-only candidate: bytes of the backward-only values it is computed from."""
     extra = [0] * len(candidates)
-    for node in candidates:
-        if analysis.is_forward(node):
-            continue
-        chain = {a for a in _ancestors_within({node}, index) if a is not node and not analysis.is_forward(a)}
+    backward_only = {n for n in candidates if not analysis.is_forward(n)}
+    for node in backward_only:
+        chain = ancestors({node}, within=backward_only) - {node}
         extra[index[node]] = sum(b for a in chain for _, b in node_allocations(a))
     return extra
 

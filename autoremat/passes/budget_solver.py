@@ -177,7 +177,9 @@ def solve_for_budget(
     if solver not in SOLVERS:
         raise ValueError(f"solver={solver!r} is invalid: expected one of {SOLVERS}")
     deadline = _Deadline(time_limit, deterministic)
+    started = time.perf_counter()
     solution = _search(analysis, costs, base, high, fraction, cap_bytes, deadline, solver)
+    solution.stats["solve_seconds"] = time.perf_counter() - started
     if deadline.left() <= 0:
         solution.notes.append(
             f"solver time limit ({time_limit:g} s) reached: the plan is the best found so far and may "

@@ -32,7 +32,7 @@ import torch.fx as fx
 import torch.utils._pytree as pytree
 
 from autoremat import _torch_compat as compat
-from autoremat.passes.analysis import JointGraphAnalysis
+from autoremat.passes.analysis import JointGraphAnalysis, ancestors
 from autoremat.passes.op_classes import OpClass, classify
 from autoremat.passes.workspace import workspace_bytes
 
@@ -130,20 +130,6 @@ def storage_of(node: fx.Node, _memo: dict[fx.Node, StorageKey] | None = None) ->
     return key
 
 
-def _ancestors_until(roots: Iterable[fx.Node], stop: set[fx.Node]) -> set[fx.Node]:
-    seen: set[fx.Node] = set()
-    stack = [r for r in roots if isinstance(r, fx.Node)]
-    while stack:
-        node = stack.pop()
-        if node in seen:
-            continue
-        seen.add(node)
-        if node in stop:
-            continue
-        stack.extend(node.all_input_nodes)
-    return seen
-
-
 def _outputs(analysis: JointGraphAnalysis) -> tuple[list[fx.Node], list[fx.Node]]:
     output = next(n for n in reversed(analysis.graph.nodes) if n.op == "output")
     flat = list(pytree.arg_tree_leaves(*output.args))
@@ -164,13 +150,13 @@ def step_schedule(analysis: JointGraphAnalysis, saved: Iterable[fx.Node]) -> Ste
         for n in analysis.forward_nodes
         if n.op == "call_function" and analysis.facts[n].op_class is OpClass.MUTATION
     ]
-    fwd_set = _ancestors_until([*fwd_outputs, *saved, *forced], placeholders)
+    fwd_set = ancestors([*fwd_outputs, *saved, *forced], stop=placeholders)
     fwd_set -= analysis.tangent_closure
     forward = sorted((n for n in fwd_set if n.op == "call_function"), key=order.__getitem__)
 
     available = saved | placeholders
     bwd_set = {
-        n for n in _ancestors_until(bwd_outputs, available) if n.op == "call_function" and n not in available
+        n for n in ancestors(bwd_outputs, stop=available) if n.op == "call_function" and n not in available
     }
     tangent_users = [u for n in placeholders if compat.is_tangent(n) for u in n.users]
     first = min((order[u] for u in tangent_users if u in bwd_set), default=None)
