@@ -154,11 +154,12 @@ def parse_memory_budget(value: Any) -> MemoryBudget:
     )
 
 
-def _parse_compiler(value: Any) -> str:
-    if not isinstance(value, str) or value.strip().lower() not in COMPILERS:
+def _parse_choice(name: str, value: Any, choices: tuple[str, ...]) -> str:
+    """One of ``choices`` (case-insensitive), or a ValueError naming the option and the choices."""
+    if not isinstance(value, str) or value.strip().lower() not in choices:
         raise ValueError(
-            f"autoremat option compiler={value!r} is invalid: accepted values are "
-            f"{', '.join(repr(c) for c in COMPILERS)}"
+            f"autoremat option {name}={value!r} is invalid: accepted values are "
+            f"{', '.join(repr(c) for c in choices)}"
         )
     return value.strip().lower()
 
@@ -198,15 +199,6 @@ def _parse_device(value: Any) -> str | None:
         raise ValueError(
             f"autoremat option device={value!r} is invalid: accepted values are None (the graph's "
             f"device) or one of {', '.join(repr(n) for n in names)}"
-        )
-    return value.strip().lower()
-
-
-def _parse_solver(value: Any) -> str:
-    if not isinstance(value, str) or value.strip().lower() not in SOLVERS:
-        raise ValueError(
-            f"autoremat option solver={value!r} is invalid: accepted values are "
-            f"{', '.join(repr(s) for s in SOLVERS)}"
         )
     return value.strip().lower()
 
@@ -321,12 +313,12 @@ def resolve_options(
 
     result = RematOptions(
         memory_budget=parse_memory_budget(merged.get("memory_budget", 1.0)),
-        compiler=_parse_compiler(merged.get("compiler", "inductor")),
+        compiler=_parse_choice("compiler", merged.get("compiler", "inductor"), COMPILERS),
         mode=_parse_mode(merged.get("mode")),
         strict=_parse_bool("strict", merged.get("strict", False)),
         device=_parse_device(merged.get("device")),
         calibrate=_parse_bool("calibrate", merged.get("calibrate", False)),
-        solver=_parse_solver(merged.get("solver", "milp")),
+        solver=_parse_choice("solver", merged.get("solver", "milp"), SOLVERS),
         solver_time_limit=_parse_time_limit(merged.get("solver_time_limit", DEFAULT_SOLVER_TIME_LIMIT)),
         inductor_options=tuple(sorted(inductor.items())),
     )
