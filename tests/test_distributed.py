@@ -264,7 +264,7 @@ def test_plan_digest_covers_decisions_only():
     assert all(p.digest() == base for p in same)
     different = [
         _plan(budget="0.4"),
-        _plan(solver="interim-budget"),
+        _plan(solver="greedy"),
         _plan(status="budget-infeasible"),
         _plan(saved=[SavedValue("mm", "mm.default", ("4", "4"), "float32", 32)]),
         _plan(saved=[SavedValue("addmm", "mm.default", ("4", "4"), "float32", 64)]),
