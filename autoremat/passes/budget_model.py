@@ -84,15 +84,7 @@ class BudgetProblem:
         """(model peak, recomputed flags) of saving exactly ``saved``: the brute-force reference."""
         saved = set(saved)
         recomputed = self.recomputed_by(saved)
-        groups = {self.group[v] for v in saved}
-        peak = 0
-        end = len(self.fwd_base) - 1
-        for t, base in enumerate(self.fwd_base):
-            live = base + sum(self.group_bytes[g] for g in groups if self.fwd_release[g] < t)
-            if t == end and self.save_extra_end:
-                live += sum(self.save_extra_end[v] for v in saved)
-            peak = max(peak, live)
-        return max([peak, *_modelled_backward(self, saved)]), recomputed
+        return max([0, *_modelled_forward(self, saved), *_modelled_backward(self, saved)]), recomputed
 
     def recomputed_by(self, saved: set[int]) -> tuple[bool, ...]:
         """Which candidates the backward recomputes when exactly ``saved`` are saved."""
@@ -380,17 +372,25 @@ def _forward_correction(
             observed[position[node]] = pending
             pending = 0
     observed[end] = max(observed[end], pending)
-    saved_groups = {problem.group[index[n]] for n in full.saved if n in index}
-    correction = []
+    modelled = _modelled_forward(problem, {index[n] for n in full.saved if n in index})
+    # where the real forward skips a node, the model stays pessimistic
+    return [observed[t] - m if t in observed else 0 for t, m in enumerate(modelled)]
+
+
+def _modelled_forward(problem: BudgetProblem, saved: set[int]) -> list[int]:
+    """Modelled live bytes at each forward position: a saved storage is kept after its last forward
+    use; the end of the forward also holds the backward-only values computed there to be saved."""
+    positions = len(problem.fwd_base)
+    delta = [0] * (positions + 1)
+    for g in {problem.group[v] for v in saved}:
+        delta[min(problem.fwd_release[g] + 1, positions)] += problem.group_bytes[g]
+    profile, running = [], 0
     for t, base in enumerate(problem.fwd_base):
-        if t not in observed:
-            correction.append(0)  # the real forward skips this node: the model stays pessimistic
-            continue
-        kept = sum(problem.group_bytes[g] for g in saved_groups if problem.fwd_release[g] < t)
-        if t == end and problem.save_extra_end:
-            kept += sum(problem.save_extra_end[index[n]] for n in full.saved if n in index)
-        correction.append(observed[t] - (base + kept))
-    return correction
+        running += delta[t]
+        profile.append(base + running)
+    if profile and problem.save_extra_end:
+        profile[-1] += sum(problem.save_extra_end[v] for v in saved)
+    return profile
 
 
 def _modelled_backward(problem: BudgetProblem, saved: set[int]) -> list[int]:

@@ -29,8 +29,6 @@ class GreedyOutcome:
     cut: CutResult
     #: ``measure`` of the chosen cut
     bytes: int
-    #: candidates released to reach it
-    released: int
 
 
 def least_memory_rules(base: RecomputeRules) -> RecomputeRules:
@@ -71,12 +69,12 @@ def greedy_to_target(
     high = high or solve_min_cut(analysis, base)
     high_bytes = measure(high)
     if high_bytes <= target_bytes:
-        return GreedyOutcome(high, high_bytes, 0)
+        return GreedyOutcome(high, high_bytes)
     low = low or solve_min_cut(analysis, relaxed)
     low_bytes = measure(low)
     candidates = _candidates(analysis, base, relaxed, cost_s)
     if low_bytes > target_bytes:
-        return GreedyOutcome(low, low_bytes, len(candidates))
+        return GreedyOutcome(low, low_bytes)
     # Releasing every candidate is exactly the `low` cut, so it seeds the bisection.
     lo, hi, best, best_bytes = 0, len(candidates), low, low_bytes
     while lo < hi and keep_going():  # invariant: releasing `hi` candidates meets the target
@@ -87,7 +85,7 @@ def greedy_to_target(
             hi, best, best_bytes = mid, cut, nbytes
         else:
             lo = mid + 1
-    return GreedyOutcome(best, best_bytes, hi)
+    return GreedyOutcome(best, best_bytes)
 
 
 def greedy_sweep(

@@ -128,9 +128,9 @@ class RematPartitioner(compat.CustomPartitionerFn):
         analysis = analyse(
             gm.graph, num_fwd_outputs=num_fwd_outputs, static_lifetime_input_indices=static_idx
         )
-        model = default_cost_model(_graph_device(gm.graph), self.options.device, self.calibration)
-        costs = model.for_graph(analysis)
-        cut, high, solver, status, extra = self._solve(analysis, costs, _graph_device(gm.graph))
+        device = _graph_device(gm.graph)
+        costs = default_cost_model(device, self.options.device, self.calibration).for_graph(analysis)
+        cut, high, solver, status, extra = self._solve(analysis, costs, device)
         fw, bw = split_joint_graph(gm, analysis, cut.saved)
         plan = build_plan(
             analysis=analysis,
