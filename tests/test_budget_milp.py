@@ -10,13 +10,19 @@ from __future__ import annotations
 import itertools
 
 import pytest
-from hypothesis import assume, given, settings
+from hypothesis import assume, example, given, settings
 from hypothesis import strategies as st
 
 from autoremat.passes.budget_model import UNUSED, BudgetProblem, build_problem
 from autoremat.passes.milp import MIP_REL_GAP, solve_budget
 
 MAX_N = 9  # 2^9 saved sets per problem: exhaustive and fast
+
+
+def time_tolerance_s(problem: BudgetProblem) -> float:
+    """Seconds below which HiGHS cannot tell two plans apart: its tolerances are about 1e-6 of the
+    objective scale, which ``milp.py`` sets to the total recompute time (at least 1 µs)."""
+    return 1e-6 * max(sum(problem.cost_s), 1e-6)
 
 
 @st.composite
@@ -72,8 +78,19 @@ def enumerate_plans(problem: BudgetProblem):
                 yield problem.time_s(saved), problem.peak_bytes(saved)[0], saved
 
 
+#: found by hypothesis: two plans a picosecond apart, below the solver's resolution
+_PICOSECOND_TIE = BudgetProblem(
+    inputs=((),) * 6, needed=(0, 1), can_save=(True, True, False, False, False, False),
+    can_recompute=(True, True, False, False, False, False),
+    cost_s=(1e-12, 1e-12, 0.0, 0.0, 0.0, 0.0003294482802393429), recompute_bytes=(0,) * 6,
+    first=(-1,) * 6, last=(-1,) * 6, group=(0,) * 6, group_bytes=(0,), save_last=(0,), fwd_release=(0,),
+    bwd_base=(0,), fwd_base=(0, 0), save_extra_end=(0,) * 6,
+)  # fmt: skip
+
+
 @settings(deadline=None)
 @given(problems(), st.floats(0.0, 1.2))
+@example(_PICOSECOND_TIE, 0.0)
 def test_milp_time_optimum_matches_brute_force(problem, cap_fraction):
     plans = list(enumerate_plans(problem))
     assume(plans)
@@ -89,7 +106,7 @@ def test_milp_time_optimum_matches_brute_force(problem, cap_fraction):
     assert result.peak_bytes == problem.peak_bytes(result.saved)[0] <= cap
     best = min(fitting)
     assert result.time_s == pytest.approx(problem.time_s(set(result.saved)))
-    assert result.time_s <= best * (1 + MIP_REL_GAP) + 1e-12
+    assert result.time_s <= best * (1 + MIP_REL_GAP) + time_tolerance_s(problem)
 
 
 @settings(deadline=None)
@@ -157,4 +174,5 @@ def test_problem_built_from_a_real_graph_matches_brute_force_on_its_decisions():
     cap = (peaks[0] + peaks[-1]) // 2
     result = solve_budget(problem, cap_bytes=cap)
     best = min(t for t, p, _ in plans if p <= cap)
-    assert result.peak_bytes <= cap and result.time_s <= best * (1 + MIP_REL_GAP) + 1e-12
+    assert result.peak_bytes <= cap
+    assert result.time_s <= best * (1 + MIP_REL_GAP) + time_tolerance_s(problem)
