@@ -104,7 +104,7 @@ is_fwd_seed_offset = _is_fwd_seed_offset
 is_bwd_seed_offset = _is_bwd_seed_offset
 torch_min_cut_partition = min_cut_rematerialization_partition
 
-#: Namespace of functional collectives; DESIGN §3 forbids recomputing them untagged.
+#: Namespace of functional collectives: never recomputed unless the user tagged them.
 collective_namespace = "_c10d_functional"
 
 

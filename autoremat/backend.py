@@ -18,7 +18,7 @@ from autoremat import _torch_compat as compat
 from autoremat import plan as plan_module
 from autoremat import plan_store
 from autoremat.options import RematOptions, resolve_options
-from autoremat.passes.partitioner import RematPartitioner, announce
+from autoremat.partitioner import RematPartitioner, announce
 
 CompiledFn = Callable[..., Any]
 

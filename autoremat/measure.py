@@ -3,7 +3,7 @@
 Saved activation bytes are measured the same way for every strategy (eager, checkpointing, any
 compiled backend): ``torch.autograd.graph.saved_tensors_hooks`` sees each tensor autograd keeps for the
 backward, including those a compiled graph saves through its autograd.Function. Storages are counted
-once and anything aliasing a parameter, buffer or input is excluded (DESIGN §4).
+once and anything aliasing a parameter, buffer or input is excluded (docs/architecture.md, "Memory").
 """
 
 from __future__ import annotations

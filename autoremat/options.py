@@ -18,10 +18,9 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from autoremat import _torch_compat as compat
+from autoremat.passes.registry import DEFAULT_SOLVER, solver_names
 
 COMPILERS = ("inductor", "eager")
-#: budget solvers (passes/budget_solver.py): the exact MILP, or the greedy min-cut bisection
-SOLVERS = ("milp", "greedy")
 #: default seconds the budget solver may spend on one graph (the MILP's time limit, all solves together)
 DEFAULT_SOLVER_TIME_LIMIT = 10.0
 ENV_PREFIX = "AUTOREMAT_"
@@ -318,7 +317,7 @@ def resolve_options(
         strict=_parse_bool("strict", merged.get("strict", False)),
         device=_parse_device(merged.get("device")),
         calibrate=_parse_bool("calibrate", merged.get("calibrate", False)),
-        solver=_parse_choice("solver", merged.get("solver", "milp"), SOLVERS),
+        solver=_parse_choice("solver", merged.get("solver", DEFAULT_SOLVER), solver_names()),
         solver_time_limit=_parse_time_limit(merged.get("solver_time_limit", DEFAULT_SOLVER_TIME_LIMIT)),
         inductor_options=tuple(sorted(inductor.items())),
     )

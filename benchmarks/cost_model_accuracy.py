@@ -28,7 +28,7 @@ from autoremat.cost_models.device_specs import DeviceSpec
 from autoremat.cost_models.flops import hint
 from autoremat.cost_models.fusion import kernel_time, kernels
 from autoremat.cost_models.roofline import node_cost
-from autoremat.passes.op_classes import classify
+from autoremat.graph.op_classes import classify
 
 
 @dataclass

@@ -18,7 +18,7 @@ from autoremat import _torch_compat as compat
 from autoremat.demo.model import GPT, GPTConfig, example_batch
 from autoremat.measure import CapturedJoint, capture_joint_graphs
 from autoremat.options import resolve_options
-from autoremat.passes.partitioner import RematPartitioner
+from autoremat.partitioner import RematPartitioner
 
 
 def _time(partition_fn, joint: CapturedJoint, repeats: int) -> float:

@@ -20,7 +20,7 @@ import autoremat
 from autoremat.demo.model import GPT, GPTConfig, example_batch
 from autoremat.measure import CapturedJoint, capture_joint_graphs
 from autoremat.options import resolve_options
-from autoremat.passes.partitioner import RematPartitioner
+from autoremat.partitioner import RematPartitioner
 
 
 def _largest_benchmark_graph(profile: str) -> tuple[str, CapturedJoint]:

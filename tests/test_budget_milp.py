@@ -13,8 +13,9 @@ import pytest
 from hypothesis import assume, example, given, settings
 from hypothesis import strategies as st
 
-from autoremat.passes.budget_model import UNUSED, BudgetProblem, build_problem
+from autoremat.passes.budget_problem import UNUSED, BudgetProblem
 from autoremat.passes.milp import MIP_REL_GAP, solve_budget
+from autoremat.passes.problem_builder import build_problem
 
 MAX_N = 9  # 2^9 saved sets per problem: exhaustive and fast
 
@@ -154,8 +155,9 @@ def test_problem_built_from_a_real_graph_matches_brute_force_on_its_decisions():
     import torch
 
     from autoremat.cost_models import default_cost_model
-    from autoremat.passes.analysis import analyse
-    from autoremat.passes.mincut import cheap_by, solve_min_cut
+    from autoremat.graph.analysis import analyse
+    from autoremat.passes.cut import cheap_by
+    from autoremat.passes.mincut import solve_min_cut
     from tests.harness import capture_joint
 
     torch.manual_seed(0)

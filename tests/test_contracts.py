@@ -13,11 +13,11 @@ import torch.nn as nn
 from torch.utils.checkpoint import CheckpointPolicy, checkpoint, create_selective_checkpoint_contexts
 
 import autoremat
+from autoremat import partitioner as partitioner_module
+from autoremat.graph.analysis import analyse
+from autoremat.graph.op_classes import NEVER_RECOMPUTE, OpClass, classify
 from autoremat.options import resolve_options
-from autoremat.passes import partitioner as partitioner_module
-from autoremat.passes.analysis import analyse
-from autoremat.passes.op_classes import NEVER_RECOMPUTE, OpClass, classify
-from autoremat.passes.partitioner import RematPartitioner
+from autoremat.partitioner import RematPartitioner
 from tests.harness import BF16_TOL, EAGER_TOL, assert_steps_match, compiled_step, train_step
 from tests.models import MLP, ConvNet, DropoutProbe, Transformer, check_dropout_mask_consistent
 

@@ -18,11 +18,12 @@ from autoremat.cost_models import SPECS, CostModel, calibrate, calibration, spec
 from autoremat.cost_models.flops import TRANSCENDENTAL_FLOPS, hint, node_flops_expr
 from autoremat.cost_models.fusion import recompute_time
 from autoremat.cost_models.roofline import node_cost
+from autoremat.graph.analysis import analyse
+from autoremat.graph.op_classes import OpClass, classify
 from autoremat.options import resolve_options
-from autoremat.passes.analysis import analyse
-from autoremat.passes.mincut import RecomputeRules, cheap_by, solve_min_cut
-from autoremat.passes.op_classes import OpClass, classify
-from autoremat.passes.partitioner import RematPartitioner
+from autoremat.partitioner import RematPartitioner
+from autoremat.passes.cut import RecomputeRules, cheap_by
+from autoremat.passes.mincut import solve_min_cut
 from tests.harness import capture_joint
 from tests.random_models import RandomModel, model_specs
 

@@ -28,10 +28,10 @@ import torch.nn.functional as F
 import autoremat
 from autoremat import _torch_compat as compat
 from autoremat.backend import codegen_free_backend
+from autoremat.graph.op_classes import OpClass, classify
 from autoremat.options import resolve_options
+from autoremat.partitioner import RematPartitioner
 from autoremat.passes.collectives import collective_sequence
-from autoremat.passes.op_classes import OpClass, classify
-from autoremat.passes.partitioner import RematPartitioner
 from autoremat.plan import Plan, RecomputedOp, SavedValue
 from tests.harness import EAGER_TOL, assert_steps_match, capture_joint, train_step
 from tests.models import Transformer

@@ -15,10 +15,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import autoremat
-import autoremat.passes.partitioner as partitioner_module
+import autoremat.partitioner as partitioner_module
+from autoremat.cost_models.liveness import plan_peak, step_schedule
+from autoremat.cost_models.workspace import workspace_bytes
 from autoremat.measure import cpu_peak_bytes
-from autoremat.passes.liveness import plan_peak, step_schedule
-from autoremat.passes.workspace import workspace_bytes
 from tests.models import ConvNet, Transformer
 
 BUDGETS = (1.0, 0.75, 0.5, 0.25, 0.1, 0.0)
@@ -58,13 +58,14 @@ def _cases():
 
 def _measure(model: nn.Module, inputs, budget: float) -> tuple[autoremat.Plan, int, dict]:
     captured: dict = {}
-    original = partitioner_module.build_plan
+    original = partitioner_module.split_joint_graph
 
-    def spy(**kwargs):
-        captured.update(kwargs)
-        return original(**kwargs)
+    def spy(gm, analysis, saved):
+        captured["fw"], captured["bw"] = original(gm, analysis, saved)
+        captured.update(analysis=analysis, saved=saved)
+        return captured["fw"], captured["bw"]
 
-    partitioner_module.build_plan = spy
+    partitioner_module.split_joint_graph = spy
     try:
         torch._dynamo.reset()
         compiled = torch.compile(model, backend=autoremat.backend(compiler="eager", memory_budget=budget))
@@ -73,7 +74,7 @@ def _measure(model: nn.Module, inputs, budget: float) -> tuple[autoremat.Plan, i
             loss = loss.sum()
         loss.backward()
     finally:
-        partitioner_module.build_plan = original
+        partitioner_module.split_joint_graph = original
     (plan,) = autoremat.recent_plans()[-1:]
     model.zero_grad(set_to_none=True)
 
@@ -103,7 +104,7 @@ def test_emulated_schedule_is_the_one_the_rewrite_produces():
     model, inputs = _cases()["tiny_lm"]
     for budget in (1.0, 0.0):
         _, _, captured = _measure(model, inputs, budget)
-        schedule = step_schedule(captured["analysis"], captured["cut"].saved)
+        schedule = step_schedule(captured["analysis"], captured["saved"])
         real_fw = [n.name for n in captured["fw"].graph.nodes if n.op == "call_function"]
         real_bw = [n.name for n in captured["bw"].graph.nodes if n.op == "call_function"]
         assert [n.name for n in schedule.forward] == real_fw
@@ -113,7 +114,7 @@ def test_emulated_schedule_is_the_one_the_rewrite_produces():
             return [n for n in names if not n.startswith("getitem")]
 
         assert no_getitem(n.name for n in schedule.backward) == no_getitem(real_bw)
-        assert plan_peak(captured["analysis"], captured["cut"].saved).peak_bytes > 0
+        assert plan_peak(captured["analysis"], captured["saved"]).peak_bytes > 0
 
 
 def _scratch(fn) -> int:

@@ -12,9 +12,10 @@ import torch
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
-from autoremat.passes.analysis import JointGraphAnalysis, analyse
-from autoremat.passes.mincut import RecomputeRules, solve_min_cut
-from autoremat.passes.op_classes import CHEAP, RECOMPUTABLE
+from autoremat.graph.analysis import JointGraphAnalysis, analyse
+from autoremat.graph.op_classes import CHEAP, RECOMPUTABLE
+from autoremat.passes.cut import RecomputeRules
+from autoremat.passes.mincut import solve_min_cut
 from tests.harness import capture_joint
 from tests.random_models import RandomModel, model_specs
 

@@ -20,7 +20,7 @@ import torch.fx as fx
 import torch.utils._pytree as pytree
 from torch.utils.flop_counter import flop_registry
 
-from autoremat.passes.op_classes import ATTENTION_BACKWARD, ATTENTION_FORWARD, bound_args
+from autoremat.graph.op_classes import ATTENTION_BACKWARD, ATTENTION_FORWARD, bound_args
 
 aten = torch.ops.aten
 

@@ -24,7 +24,7 @@ import torch.fx as fx
 from autoremat.cost_models.device_specs import DeviceSpec
 from autoremat.cost_models.flops import Expr, tensor_bytes
 from autoremat.cost_models.roofline import FREE, ZERO, NodeCost
-from autoremat.passes.op_classes import OpClass
+from autoremat.graph.op_classes import OpClass
 
 #: Op classes Inductor lowers to generated loops that it can fuse with each other.
 FUSIBLE = frozenset(
@@ -59,8 +59,9 @@ def recompute_times(
     costs: dict[fx.Node, NodeCost],
     spec: DeviceSpec,
 ) -> dict[fx.Node, Expr]:
-    """Each recomputed node's marginal share of the extra backward time."""
-    recomputed = set(recomputed)
+    """Each recomputed node's marginal share of the extra backward time, in the order given (sums of
+    floats depend on their order: a set's order would make tied plans win by memory address)."""
+    recomputed = dict.fromkeys(recomputed)
     times: dict[fx.Node, Expr] = {}
     for node in recomputed:
         cost = costs[node]

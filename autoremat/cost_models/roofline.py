@@ -20,7 +20,7 @@ import torch.fx as fx
 
 from autoremat.cost_models.device_specs import DeviceSpec
 from autoremat.cost_models.flops import Expr, input_tensors, node_flops_expr, output_tensors, tensor_bytes
-from autoremat.passes.op_classes import OpClass
+from autoremat.graph.op_classes import OpClass
 
 ZERO = sympy.Integer(0)
 

@@ -4,7 +4,7 @@ FX treats functional collectives as pure values, so the generic graph clean-ups 
 or merge them: dead-code elimination drops a collective whose result is unused, and common-subexpression
 elimination folds two identical ``all_reduce(x)`` calls into one. Every rank would do the same, so the
 job would not hang, but the compiled step would no longer issue the collectives the program issues, in
-its order (DESIGN §3). DCE is handled by keeping waits side-effectful (``_torch_compat``); this module
+its order. DCE is handled by keeping waits side-effectful (``_torch_compat``); this module
 keeps CSE from merging collectives and names the sequence that tests and checks compare.
 """
 
@@ -15,7 +15,7 @@ import logging
 import torch.fx as fx
 
 from autoremat import _torch_compat as compat
-from autoremat.passes.op_classes import OpClass, classify
+from autoremat.graph.op_classes import OpClass, classify
 
 log = logging.getLogger("autoremat")
 

@@ -20,7 +20,7 @@ import numpy as np
 from scipy.optimize import Bounds, LinearConstraint, milp
 from scipy.sparse import coo_array
 
-from autoremat.passes.budget_model import UNUSED, BudgetProblem
+from autoremat.passes.budget_problem import UNUSED, BudgetProblem
 
 #: objective unit: microseconds keep coefficients O(1) for HiGHS' tolerances
 _TIME_SCALE = 1e6

@@ -12,60 +12,29 @@ recomputed there. Constraints:
 - a node the user tagged MUST_RECOMPUTE is pinned to the backward: ``v_in → sink``.
 
 Capacities are lexicographic integers: activation bytes first (the objective), then bytes of graph
-inputs kept referenced (free by DESIGN §4's definition, but not worth extending for nothing), then a
+inputs kept referenced (free by the budget's definition, docs/architecture.md "Memory", but not worth
+extending for nothing), then a
 tie-break that prefers saving values late in the forward, which shortens recompute chains.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection
-from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import networkx as nx
 import torch.fx as fx
 
-from autoremat.passes.analysis import JointGraphAnalysis
-from autoremat.passes.op_classes import CHEAP, OpClass
+from autoremat.graph.analysis import JointGraphAnalysis
+from autoremat.passes.cut import CutResult, RecomputeRules
 
-#: Nodes that cost nothing to recompute on any device: aliases, tuple selection, host integer maths.
-FREE_TO_RECOMPUTE = frozenset({OpClass.VIEW, OpClass.GETITEM, OpClass.SYMBOLIC})
+if TYPE_CHECKING:
+    from autoremat.passes.solver import SearchContext
 
 _SOURCE, _SINK = "source", "sink"
 
 
 class InfeasibleCut(RuntimeError):
     """A value is needed in backward but can be neither saved nor recomputed."""
-
-
-@dataclass(frozen=True)
-class RecomputeRules:
-    """Which forward nodes the cut may place in the backward (i.e. recompute).
-
-    ``classes`` are allowed wholesale; ``extra`` releases individual nodes (the budget solver uses it to
-    let chosen matmuls be recomputed). Nodes the analysis marks never-recompute stay pinned regardless.
-    """
-
-    classes: frozenset[OpClass] = CHEAP
-    extra: frozenset[fx.Node] = frozenset()
-
-    def allows(self, analysis: JointGraphAnalysis, node: fx.Node) -> bool:
-        facts = analysis.facts[node]
-        if facts.never_recompute is not None:
-            return False
-        return facts.op_class in self.classes or node in self.extra
-
-
-@dataclass(frozen=True)
-class CutResult:
-    """Which values the forward saves, and the bytes the cut charged for them."""
-
-    saved: tuple[fx.Node, ...]
-    cut_bytes: int
-
-    def storage_bytes(self, analysis: JointGraphAnalysis) -> int:
-        """Activation bytes the saved set keeps alive: one charge per storage, graph inputs excluded."""
-        bases = {analysis.facts[n].storage_base for n in self.saved}
-        return sum(analysis.facts[b].save_bytes for b in bases if b.op != "placeholder")
 
 
 def _in(node: fx.Node) -> str:
@@ -134,13 +103,14 @@ def _explain_infinite_path(net: nx.DiGraph) -> str:
     return "value needed in backward can be neither saved nor recomputed: " + " -> ".join(path)
 
 
-def cheap_by(analysis: JointGraphAnalysis, is_cheap: Callable[[fx.Node], bool]) -> RecomputeRules:
-    """Rules whose cheap set is decided per node by a cost model (free nodes always count as cheap)."""
-    nodes = frozenset(n for n in analysis.facts if analysis.is_forward(n) and is_cheap(n))
-    return RecomputeRules(classes=FREE_TO_RECOMPUTE, extra=nodes)
+class MinCutSolver:
+    """The min-cut's share of a budget search: the least-bytes cut (the runtime-optimal one is the
+    search's starting point). It has no notion of a cap, so it proposes nothing for one."""
 
+    name = "min-cut"
 
-def released(nodes: Collection[fx.Node], base: RecomputeRules | None = None) -> RecomputeRules:
-    """Rules that additionally allow recomputing ``nodes``."""
-    base = base or RecomputeRules()
-    return RecomputeRules(base.classes, base.extra | frozenset(nodes))
+    def explore(self, ctx: SearchContext) -> None:
+        ctx.pool.add(ctx.low, self.name)
+
+    def propose(self, ctx: SearchContext, cap_bytes: int) -> None:
+        return None

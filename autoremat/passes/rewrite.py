@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch.fx as fx
 
 from autoremat import _torch_compat as compat
-from autoremat.passes.analysis import JointGraphAnalysis
+from autoremat.graph.analysis import JointGraphAnalysis
 
 
 def split_joint_graph(
@@ -30,9 +30,3 @@ def split_joint_graph(
         static_lifetime_input_nodes=analysis.static_inputs,
     )
     return compat.polish_partitioned_modules(fw, bw)
-
-
-def recomputed_ops(fw: fx.GraphModule, bw: fx.GraphModule) -> list[str]:
-    """Names of forward computations that also appear in the backward (i.e. were recomputed)."""
-    fw_names = {n.name for n in fw.graph.nodes if n.op == "call_function"}
-    return [n.name for n in bw.graph.nodes if n.op == "call_function" and n.name in fw_names]

@@ -1,4 +1,5 @@
-"""RematPartitioner: the pipeline analyse → solve → rewrite → record, behind Inductor's partitioner hook.
+"""RematPartitioner: the pipeline analyse → cost → solve → rewrite → report, behind Inductor's
+partitioner hook (docs/architecture.md, "The pipeline").
 
 Inductor calls it with the joint graph after its joint-graph passes (or AOTAutograd does, on the
 codegen-free path). Any internal failure falls back to torch's own partitioner with a logged warning:
@@ -21,24 +22,27 @@ import torch.fx as fx
 
 from autoremat import _torch_compat as compat
 from autoremat._version import __version__
-from autoremat.cost_models import GraphCosts, default_cost_model
+from autoremat.cost_models import DEFAULT_MEMORY_MODEL, MEMORY_MODELS, GraphCosts, default_cost_model
 from autoremat.cost_models.device_memory import available_bytes
 from autoremat.distributed import planning_calibration, world_size
+from autoremat.graph.analysis import JointGraphAnalysis, analyse
 from autoremat.options import RematOptions
-from autoremat.passes.analysis import JointGraphAnalysis, analyse
-from autoremat.passes.budget_solver import solve_for_budget
 from autoremat.passes.collectives import cse_keeping_collectives
-from autoremat.passes.mincut import CutResult, cheap_by, solve_min_cut
-from autoremat.passes.plan_builder import build_plan
-from autoremat.passes.rewrite import recomputed_ops, split_joint_graph
+from autoremat.passes.cut import cheap_by
+from autoremat.passes.mincut import solve_min_cut
+from autoremat.passes.rewrite import split_joint_graph
+from autoremat.passes.search import BudgetTarget, SolveResult, solve
 from autoremat.plan import Plan, RecomputedOp, record
+from autoremat.plan_builder import build_plan
 
 log = logging.getLogger("autoremat")
 
-_PACKAGE_DIR = pathlib.Path(__file__).resolve().parent.parent
+_PACKAGE_DIR = pathlib.Path(__file__).resolve().parent
 #: under several ranks, "auto" rounds free memory down to this, so ranks with nearly the same free
 #: memory plan the same (an explicit byte budget is the way to guarantee it)
 AUTO_GRANULARITY_BYTES = 256 * 2**20
+#: the memory model plans are checked with (cost_models.MEMORY_MODELS)
+MEMORY = MEMORY_MODELS[DEFAULT_MEMORY_MODEL]()
 
 
 class BudgetInfeasible(ValueError):
@@ -105,7 +109,7 @@ class RematPartitioner(compat.CustomPartitionerFn):
                 status="fallback",
                 saved=[],
                 saved_bytes=None,
-                recomputed=[RecomputedOp(name, "") for name in recomputed_ops(fw, bw)],
+                recomputed=[RecomputedOp(name, "") for name in _shared_op_names(fw, bw)],
                 num_joint_nodes=len(gm.graph.nodes),
                 partition_seconds=0.0,
                 notes=[f"fallback after {type(exc).__name__}: {exc}"],
@@ -119,7 +123,7 @@ class RematPartitioner(compat.CustomPartitionerFn):
     def _partition(
         self, gm: fx.GraphModule, num_fwd_outputs: int, static_idx: list[int] | None
     ) -> tuple[fx.GraphModule, fx.GraphModule, Plan]:
-        compat.keep_collective_waits_alive()  # DCE must never drop a collective (DESIGN §3)
+        compat.keep_collective_waits_alive()  # DCE must never drop a collective
         gm.graph.eliminate_dead_code()
         gm.recompile()
         if compat.functorch_config.cse:
@@ -130,31 +134,17 @@ class RematPartitioner(compat.CustomPartitionerFn):
         )
         device = _graph_device(gm.graph)
         costs = default_cost_model(device, self.options.device, self.calibration).for_graph(analysis)
-        cut, high, solver, status, extra = self._solve(analysis, costs, device)
-        fw, bw = split_joint_graph(gm, analysis, cut.saved)
-        plan = build_plan(
-            analysis=analysis,
-            costs=costs,
-            cut=cut,
-            runtime_optimal=high,
-            fw=fw,
-            bw=bw,
-            budget=self.options.memory_budget.describe(),
-            solver=solver,
-            status=status,
-            extra=extra,
-        )
+        solution = self._solve(analysis, costs, device)
+        fw, bw = split_joint_graph(gm, analysis, solution.cut.saved)
+        plan = build_plan(analysis, costs, solution, budget=self.options.memory_budget.describe())
         return fw, bw, plan
 
     def _solve(
         self, analysis: JointGraphAnalysis, costs: GraphCosts, device: torch.device | None
-    ) -> tuple[CutResult, CutResult, str, str, dict[str, Any]]:
-        """(chosen cut, runtime-optimal cut, solver name, status, extra plan fields)."""
+    ) -> SolveResult:
         budget = self.options.memory_budget
         rules = cheap_by(analysis, costs.is_cheap_to_recompute)
         high = solve_min_cut(analysis, rules)
-        if budget.kind == "fraction" and budget.value >= 1.0:
-            return high, high, "min-cut", "optimal", {"optimality_gap": 0.0}
         notes: list[str] = []
         ranks = world_size()
         if budget.kind == "auto":
@@ -162,31 +152,23 @@ class RematPartitioner(compat.CustomPartitionerFn):
             if ranks > 1:  # free memory is rank-local: coarsen it so that similar ranks agree
                 cap -= cap % AUTO_GRANULARITY_BYTES
             notes.append(f"memory_budget='auto' resolved to {cap} bytes available on {device or 'cpu'}")
-            target: dict[str, Any] = {"cap_bytes": cap}
+            target = BudgetTarget(cap_bytes=cap)
         elif budget.kind == "fraction":
-            target = {"fraction": float(budget.value)}
+            target = BudgetTarget(fraction=float(budget.value))
         else:
-            target = {"cap_bytes": int(budget.value)}
-        solution = solve_for_budget(
+            target = BudgetTarget(cap_bytes=int(budget.value))
+        solution = solve(
             analysis,
             costs,
+            MEMORY,
+            target,
             base=rules,
             high=high,
             time_limit=self.options.solver_time_limit,
             solver=self.options.solver,
             deterministic=ranks > 1,
-            **target,
         )
-        notes.extend(solution.notes)
-        extra: dict[str, Any] = {
-            "target_bytes": solution.target_bytes,
-            "least_bytes": solution.least_bytes,
-            "runtime_optimal_bytes": solution.runtime_optimal_bytes,
-            "predicted_peak_bytes": solution.peak_bytes,
-            "optimality_gap": solution.gap,
-            "solver_stats": solution.stats,
-            "notes": notes,
-        }
+        solution.notes[:0] = notes
         if not solution.feasible:
             message = (
                 f"memory_budget={budget.describe()} is below the least peak activation memory this "
@@ -195,8 +177,16 @@ class RematPartitioner(compat.CustomPartitionerFn):
             if self.options.strict:
                 raise BudgetInfeasible(f"autoremat (strict=True): {message}")
             log.warning("autoremat: %s", message)
-            notes.append(message)
-        return solution.cut, high, solution.solver, solution.status, extra
+            solution.notes.append(message)
+        return solution
+
+
+def _shared_op_names(fw: fx.GraphModule, bw: fx.GraphModule) -> list[str]:
+    """Names of forward ops that also appear in the backward: what a plan we did not make (torch's,
+    after a fallback) recomputes, as far as its graphs show it. Our own plans know it exactly
+    (``JointGraphAnalysis.recomputed``)."""
+    fw_names = {n.name for n in fw.graph.nodes if n.op == "call_function"}
+    return [n.name for n in bw.graph.nodes if n.op == "call_function" and n.name in fw_names]
 
 
 def _graph_device(graph: fx.Graph) -> torch.device | None:

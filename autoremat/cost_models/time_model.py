@@ -21,7 +21,7 @@ from autoremat.cost_models.device_specs import DeviceSpec
 from autoremat.cost_models.flops import Expr, hint
 from autoremat.cost_models.fusion import FUSIBLE, recompute_time, recompute_times
 from autoremat.cost_models.roofline import NodeCost, node_cost
-from autoremat.passes.analysis import JointGraphAnalysis
+from autoremat.graph.analysis import JointGraphAnalysis
 
 #: Bump whenever a formula or rule here changes: it is part of the partitioner's cache key.
 COST_MODEL_VERSION = "roofline-fusion-1"

@@ -15,7 +15,8 @@ its outputs at once. A storage is allocated when its producer runs and freed aft
 same module. Saved values live from their producer to their last backward use; the user's forward
 outputs (e.g. the loss) and the backward's outputs (gradients) live to the end of the step. Graph
 inputs (parameters, buffers, user inputs, tangents) are not counted: they exist before the step.
-While a node runs, its kernel's scratch memory counts too (``workspace.py``).
+While a node runs, its kernel's scratch memory counts too (``workspace.py``). Which storage a value
+lives in is decided by ``graph/storage.py``, the aliasing model the solvers' byte charges use too.
 
 This model is exact for the codegen-free compiler. Under Inductor, fusion removes transients and the
 scheduler reorders nodes and reuses buffers, so the real peak differs: 0.75 to 1.08 of the prediction
@@ -24,7 +25,6 @@ on the benchmark models (benchmarks/results/cpu-quick).
 
 from __future__ import annotations
 
-import operator
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -33,12 +33,10 @@ import torch.fx as fx
 import torch.utils._pytree as pytree
 
 from autoremat import _torch_compat as compat
-from autoremat.passes.analysis import JointGraphAnalysis, ancestors
-from autoremat.passes.op_classes import OpClass, classify
-from autoremat.passes.workspace import workspace_bytes
-
-#: Storage identity: the producing node, and the output index for multi-output nodes (None otherwise).
-StorageKey = tuple[fx.Node, int | None]
+from autoremat.cost_models.workspace import workspace_bytes
+from autoremat.graph.analysis import JointGraphAnalysis
+from autoremat.graph.placement import ancestors
+from autoremat.graph.storage import StorageKey, node_allocations, storage_of
 
 
 @dataclass(frozen=True)
@@ -67,70 +65,6 @@ class PeakReport:
     forward_end_bytes: int
 
 
-def _val(node: fx.Node) -> object:
-    return node.meta.get("val")
-
-
-def _tensor_bytes(value: object) -> int:
-    if isinstance(value, torch.Tensor):
-        return compat.hint_int(value.numel()) * value.dtype.itemsize
-    return 0
-
-
-def node_allocations(node: fx.Node) -> list[tuple[StorageKey, int]]:
-    """Storages a node allocates when it runs (empty for inputs, aliases and non-tensors)."""
-    if node.op != "call_function" or _alias_of(node) is not None:
-        return []
-    value = _val(node)
-    if isinstance(value, torch.Tensor):
-        return [((node, None), _tensor_bytes(value))]
-    if isinstance(value, (tuple, list)):
-        return [((node, i), _tensor_bytes(v)) for i, v in enumerate(value) if isinstance(v, torch.Tensor)]
-    return []
-
-
-def _alias_of(node: fx.Node) -> tuple[fx.Node, int | None] | None:
-    """(node, output index) whose storage ``node`` shares, or None when it owns its storage."""
-    if node.op != "call_function":
-        return None
-    if node.target is operator.getitem and isinstance(node.args[0], fx.Node):
-        parent = node.args[0]
-        if isinstance(_val(parent), (tuple, list)):
-            return parent, node.args[1]
-        return None
-    if classify(node) in (OpClass.VIEW, OpClass.MUTATION) and node.args and isinstance(node.args[0], fx.Node):
-        return node.args[0], None
-    return None
-
-
-def storage_of(node: fx.Node, _memo: dict[fx.Node, StorageKey] | None = None) -> StorageKey:
-    """The storage a node's value lives in, following views, getitems and in-place ops to the owner.
-
-    An element of a multi-output op that allocates (``native_layer_norm``) is a storage of its own; an
-    element of a multi-output *view* (``split``, ``unbind``) shares the storage of the view's base.
-    """
-    memo = {} if _memo is None else _memo
-    chain: list[fx.Node] = []
-    current = node
-    while True:
-        if current in memo:
-            key = memo[current]
-            break
-        chain.append(current)
-        alias = _alias_of(current)
-        if alias is None:
-            key = (current, None)
-            break
-        parent, index = alias
-        if index is not None and _alias_of(parent) is None:
-            key = (parent, index)
-            break
-        current = parent
-    for n in chain:
-        memo[n] = key
-    return key
-
-
 def _outputs(analysis: JointGraphAnalysis) -> tuple[list[fx.Node], list[fx.Node]]:
     output = next(n for n in reversed(analysis.graph.nodes) if n.op == "output")
     flat = list(pytree.arg_tree_leaves(*output.args))
@@ -146,12 +80,7 @@ def step_schedule(analysis: JointGraphAnalysis, saved: Iterable[fx.Node]) -> Ste
     fwd_outputs, bwd_outputs = _outputs(analysis)
     placeholders = {n for n in analysis.facts if n.op == "placeholder"}
 
-    forced = [
-        n
-        for n in analysis.forward_nodes
-        if n.op == "call_function" and analysis.facts[n].op_class is OpClass.MUTATION
-    ]
-    fwd_set = ancestors([*fwd_outputs, *saved, *forced], stop=placeholders)
+    fwd_set = ancestors([*fwd_outputs, *saved, *analysis.must_run_in_forward], stop=placeholders)
     fwd_set -= analysis.tangent_closure
     forward = sorted((n for n in fwd_set if n.op == "call_function"), key=order.__getitem__)
 
@@ -258,3 +187,13 @@ def _peak(profile: list[int], nodes: Sequence[fx.Node]) -> tuple[int, str]:
 def plan_peak(analysis: JointGraphAnalysis, saved: Iterable[fx.Node]) -> PeakReport:
     """Predicted peak of the plan that saves ``saved``."""
     return predict_peak(analysis, step_schedule(analysis, saved))
+
+
+class OpByOpMemory:
+    """The memory model of the schedule our rewrite emits, op by op (this module's docstring): exact
+    for the codegen-free compiler; under Inductor, fusion and buffer reuse move the real peak."""
+
+    name = "op-by-op"
+
+    def peak(self, analysis: JointGraphAnalysis, saved: Iterable[fx.Node]) -> PeakReport:
+        return plan_peak(analysis, saved)

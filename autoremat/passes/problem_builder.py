@@ -1,11 +1,9 @@
-"""The budgeted save/recompute problem as plain data: what the exact solver optimises.
+"""Build a BudgetProblem from a joint graph: the liveness model linearised around a reference plan.
 
-Decisions, per forward value ``v`` (a *candidate*): save it (``s_v``) and/or recompute it in the
-backward (``r_v``). Constraints mirror the min-cut's: a value the backward reads must be saved or
-recomputed; recomputing ``v`` needs each candidate input saved or recomputed; random, collective,
-effectful, mutating and MUST_SAVE nodes are never recomputed; MUST_RECOMPUTE nodes are never saved.
-
-Memory comes from the liveness model (``liveness.py``) linearised around a reference plan:
+Constraints mirror the min-cut's: a value the backward reads must be saved or recomputed; random,
+collective, effectful, mutating and MUST_SAVE nodes are never recomputed (the analysis' placement);
+MUST_RECOMPUTE nodes are never saved. Memory comes from the liveness model
+(``cost_models/liveness.py``):
 
 - **backward**: positions are the backward's own nodes (the *spine*) in schedule order. A saved storage
   is live from the start of the backward to its last use ``save_last``; a recomputed value from just
@@ -30,83 +28,16 @@ from dataclasses import dataclass, replace
 import torch.fx as fx
 
 from autoremat.cost_models import GraphCosts
-from autoremat.passes.analysis import JointGraphAnalysis, ancestors
-from autoremat.passes.liveness import (
-    StepSchedule,
-    StorageKey,
-    live_profile,
-    node_allocations,
-    step_schedule,
-    storage_of,
+from autoremat.cost_models.liveness import StepSchedule, live_profile, step_schedule
+from autoremat.graph.analysis import JointGraphAnalysis
+from autoremat.graph.placement import ancestors
+from autoremat.graph.storage import StorageKey, node_allocations, storage_of
+from autoremat.passes.budget_problem import (
+    UNUSED,
+    BudgetProblem,
+    modelled_backward,
+    modelled_forward,
 )
-
-#: position value meaning "never used in the backward"
-UNUSED = -1
-
-
-@dataclass(frozen=True)
-class BudgetProblem:
-    """Indices 0..n-1 are candidates in topological order; everything is plain ints and floats so the
-    solver can be tested against brute force without building FX graphs."""
-
-    #: candidate inputs of each candidate (other inputs are graph inputs: always available)
-    inputs: tuple[tuple[int, ...], ...]
-    #: candidates the backward reads directly: each must be saved or recomputed
-    needed: tuple[int, ...]
-    can_save: tuple[bool, ...]
-    can_recompute: tuple[bool, ...]
-    #: predicted seconds to recompute each candidate
-    cost_s: tuple[float, ...]
-    #: bytes a recomputation allocates, live over [first, last] of the backward (for values only other
-    #: recomputations read, first == last: they die within the burst that serves that position)
-    recompute_bytes: tuple[int, ...]
-    first: tuple[int, ...]
-    last: tuple[int, ...]
-    #: storage group of each candidate (views share their base's), its bytes, and where it is released
-    group: tuple[int, ...]
-    group_bytes: tuple[int, ...]
-    #: last backward position a saved group is read (UNUSED: released when the backward starts)
-    save_last: tuple[int, ...]
-    #: forward position of the group's last forward use; saving keeps it live after that
-    fwd_release: tuple[int, ...]
-    bwd_base: tuple[int, ...]
-    #: forward profile with nothing saved; its last entry is the end of the forward (user outputs)
-    fwd_base: tuple[int, ...]
-    #: extra bytes live at the end of the forward when a value is saved that only the backward reads:
-    #: the forward then computes it there, with the backward-only values it needs (charged in full)
-    save_extra_end: tuple[int, ...] = ()
-
-    @property
-    def n(self) -> int:
-        return len(self.inputs)
-
-    def peak_bytes(self, saved: Iterable[int]) -> tuple[int, tuple[bool, ...]]:
-        """(model peak, recomputed flags) of saving exactly ``saved``: the brute-force reference."""
-        saved = set(saved)
-        recomputed = self.recomputed_by(saved)
-        return max([0, *_modelled_forward(self, saved), *_modelled_backward(self, saved)]), recomputed
-
-    def recomputed_by(self, saved: set[int]) -> tuple[bool, ...]:
-        """Which candidates the backward recomputes when exactly ``saved`` are saved."""
-        flags = [False] * self.n
-        stack = [v for v in self.needed if v not in saved]
-        while stack:
-            v = stack.pop()
-            if flags[v]:
-                continue
-            flags[v] = True
-            stack.extend(u for u in self.inputs[v] if u not in saved)
-        return tuple(flags)
-
-    def is_feasible(self, saved: set[int]) -> bool:
-        if any(not self.can_save[v] for v in saved):
-            return False
-        flags = self.recomputed_by(saved)
-        return all(self.can_recompute[v] for v in range(self.n) if flags[v])
-
-    def time_s(self, saved: set[int]) -> float:
-        flags = self.recomputed_by(saved)
-        return sum(self.cost_s[v] for v in range(self.n) if flags[v])
 
 
 @dataclass(frozen=True)
@@ -334,7 +265,7 @@ def _burst_correction(
     bwd_keep = {storage_of(n, memo) for n in (*full.fwd_outputs, *full.bwd_outputs)}
     simulated, _ = live_profile(full.backward, live, bwd_keep, memo)
     saved = {index[n] for n in full.saved if n in index}
-    modelled = _modelled_backward(problem, saved)
+    modelled = modelled_backward(problem, saved)
     correction: list[int] = []
     burst = 0
     for node, value in zip(full.backward, simulated, strict=True):
@@ -372,44 +303,6 @@ def _forward_correction(
             observed[position[node]] = pending
             pending = 0
     observed[end] = max(observed[end], pending)
-    modelled = _modelled_forward(problem, {index[n] for n in full.saved if n in index})
+    modelled = modelled_forward(problem, {index[n] for n in full.saved if n in index})
     # where the real forward skips a node, the model stays pessimistic
     return [observed[t] - m if t in observed else 0 for t, m in enumerate(modelled)]
-
-
-def _modelled_forward(problem: BudgetProblem, saved: set[int]) -> list[int]:
-    """Modelled live bytes at each forward position: a saved storage is kept after its last forward
-    use; the end of the forward also holds the backward-only values computed there to be saved."""
-    positions = len(problem.fwd_base)
-    delta = [0] * (positions + 1)
-    for g in {problem.group[v] for v in saved}:
-        delta[min(problem.fwd_release[g] + 1, positions)] += problem.group_bytes[g]
-    profile, running = [], 0
-    for t, base in enumerate(problem.fwd_base):
-        running += delta[t]
-        profile.append(base + running)
-    if profile and problem.save_extra_end:
-        profile[-1] += sum(problem.save_extra_end[v] for v in saved)
-    return profile
-
-
-def _modelled_backward(problem: BudgetProblem, saved: set[int]) -> list[int]:
-    """Modelled live bytes at each backward position (difference array: O(nodes + positions))."""
-    positions = len(problem.bwd_base)
-    delta = [0] * (positions + 1)
-
-    def charge(start: int, end: int, nbytes: int) -> None:
-        if nbytes and start != UNUSED and end >= start:
-            delta[start] += nbytes
-            delta[min(end, positions - 1) + 1] -= nbytes
-
-    for g in {problem.group[v] for v in saved}:
-        charge(0, problem.save_last[g], problem.group_bytes[g])
-    for v, flag in enumerate(problem.recomputed_by(saved)):
-        if flag:
-            charge(problem.first[v], problem.last[v], problem.recompute_bytes[v])
-    profile, running = [], 0
-    for t, base in enumerate(problem.bwd_base):
-        running += delta[t]
-        profile.append(base + running)
-    return profile

@@ -1,5 +1,5 @@
-"""Turn a solved cut into a Plan record: what is saved (with the user's source line), what the backward
-recomputes (with predicted times), and the predictions a report needs."""
+"""Turn a solve result into a Plan record: what is saved (with the user's source line), what the
+backward recomputes (with predicted times), and the predictions a report needs."""
 
 from __future__ import annotations
 
@@ -11,10 +11,10 @@ import torch
 import torch.fx as fx
 
 from autoremat.cost_models import GraphCosts
-from autoremat.passes.analysis import JointGraphAnalysis
-from autoremat.passes.liveness import plan_peak
-from autoremat.passes.mincut import CutResult
-from autoremat.passes.rewrite import recomputed_ops
+from autoremat.cost_models.liveness import step_schedule
+from autoremat.graph.analysis import JointGraphAnalysis
+from autoremat.passes.cut import CutResult
+from autoremat.passes.search import SolveResult
 from autoremat.plan import Plan, RecomputedOp, SavedValue
 
 _FRAME = re.compile(r'File "([^"]+)", line (\d+), in (\S+)\n\s*(.*)')
@@ -44,20 +44,6 @@ def saved_value(node: fx.Node, analysis: JointGraphAnalysis) -> SavedValue:
     )
 
 
-def recomputed_nodes(analysis: JointGraphAnalysis, cut: CutResult) -> set[fx.Node]:
-    """Forward nodes the backward must recompute: ancestors of what it reads, stopping at saved values."""
-    saved = set(cut.saved)
-    needed: set[fx.Node] = set()
-    stack = [n for n in analysis.backward_reads if n not in saved]
-    while stack:
-        node = stack.pop()
-        if node in needed or node in saved or node.op == "placeholder":
-            continue
-        needed.add(node)
-        stack.extend(node.all_input_nodes)
-    return {n for n in needed if analysis.is_forward(n)}
-
-
 def _symbols(cut: CutResult) -> set[Any]:
     symbols: set[Any] = set()
     for node in cut.saved:
@@ -68,35 +54,29 @@ def _symbols(cut: CutResult) -> set[Any]:
 
 
 def build_plan(
-    *,
     analysis: JointGraphAnalysis,
     costs: GraphCosts,
-    cut: CutResult,
-    runtime_optimal: CutResult,
-    fw: fx.GraphModule,
-    bw: fx.GraphModule,
+    solution: SolveResult,
+    *,
     budget: str,
-    solver: str,
-    status: str,
-    extra: dict[str, Any],
 ) -> Plan:
-    times = costs.recompute_times(recomputed_nodes(analysis, cut))
+    """The plan record of ``solution``. Recomputed ops are listed in the order the backward runs
+    them (the memory model's schedule), each with its predicted time."""
+    cut = solution.cut
+    recomputed_nodes = analysis.recomputed(cut.saved)
+    times = costs.recompute_times(recomputed_nodes)
     total = sum(times.values(), sympy.Integer(0))
-    by_name = {n.name: n for n in times}
-    recomputed = []
-    for name in recomputed_ops(fw, bw):
-        node = by_name.get(name)
-        predicted = costs.value(times[node]) if node is not None else None
-        recomputed.append(RecomputedOp(name, _op_name(node) if node is not None else "", predicted))
+    backward_order = {n: i for i, n in enumerate(step_schedule(analysis, cut.saved).backward)}
+    recomputed = [
+        RecomputedOp(node.name, _op_name(node), costs.value(times[node]))
+        for node in sorted(recomputed_nodes, key=lambda n: (backward_order.get(n, -1), analysis.order[n]))
+    ]
     free = total.free_symbols
-    peak = extra.pop("predicted_peak_bytes", None)
-    if peak is None:
-        peak = plan_peak(analysis, cut.saved).peak_bytes
-    optimal_s = costs.value(costs.recompute_time(recomputed_nodes(analysis, runtime_optimal)))
+    optimal_s = costs.value(costs.recompute_time(analysis.recomputed(solution.runtime_optimal.saved)))
     return Plan(
         budget=budget,
-        solver=solver,
-        status=status,
+        solver=solution.solver,
+        status=solution.status,
         saved=[saved_value(n, analysis) for n in cut.saved],
         saved_bytes=cut.storage_bytes(analysis),
         recomputed=recomputed,
@@ -107,7 +87,11 @@ def build_plan(
         recompute_time_expr=str(total) if free else None,
         symbols=sorted(str(s) for s in free | _symbols(cut)),
         runtime_optimal_recompute_s=optimal_s,
-        predicted_peak_bytes=peak,
-        notes=list(analysis.notes) + extra.pop("notes", []),
-        **extra,
+        predicted_peak_bytes=solution.predicted_peak_bytes,
+        target_bytes=solution.target_bytes,
+        least_bytes=solution.least_bytes,
+        runtime_optimal_bytes=solution.runtime_optimal_bytes,
+        optimality_gap=solution.gap,
+        solver_stats=solution.stats,
+        notes=list(analysis.notes) + solution.notes,
     )

@@ -1,7 +1,7 @@
 """Greedy budgeted solver: release the cheapest expensive ops to recompute until the budget holds.
 
-The fallback when the exact MILP fails or finds nothing in its time limit (and the solver a user picks
-with ``solver="greedy"``). It is built only from the min-cut, so it inherits its correctness:
+The fallback when another solver fails or finds nothing better within its limit (and the solver a user
+picks with ``solver="greedy"``). It is built only from the min-cut, so it inherits its correctness:
 
 1. ``high`` = the runtime-optimal cut (only cheap ops recomputed); ``low`` = the least-memory cut
    (every op that is correct to recompute may be, matmuls included).
@@ -16,12 +16,19 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch.fx as fx
 
-from autoremat.passes.analysis import JointGraphAnalysis
-from autoremat.passes.mincut import CutResult, RecomputeRules, released, solve_min_cut
-from autoremat.passes.op_classes import RECOMPUTABLE
+from autoremat.graph.analysis import JointGraphAnalysis
+from autoremat.passes.cut import CutResult, RecomputeRules, least_memory_rules, released
+from autoremat.passes.mincut import solve_min_cut
+
+if TYPE_CHECKING:
+    from autoremat.passes.solver import SearchContext
+
+#: release prefixes simulated while exploring: cheap plans between the two min-cut extremes
+SWEEP_POINTS = 6
 
 
 @dataclass(frozen=True)
@@ -29,11 +36,6 @@ class GreedyOutcome:
     cut: CutResult
     #: ``measure`` of the chosen cut
     bytes: int
-
-
-def least_memory_rules(base: RecomputeRules) -> RecomputeRules:
-    """Rules allowing every op that is correct to recompute: the least-memory end of the range."""
-    return RecomputeRules(classes=RECOMPUTABLE | base.classes, extra=base.extra)
 
 
 def _candidates(
@@ -106,3 +108,34 @@ def greedy_sweep(
         count = round(k * len(candidates) / (points + 1))
         cuts.append(solve_min_cut(analysis, released(candidates[:count], base)))
     return cuts
+
+
+class GreedySolver:
+    """Greedy releases as a search solver: a coarse sweep while exploring (using at most half of the
+    time limit), a bisection to each cap."""
+
+    name = "greedy"
+
+    def explore(self, ctx: SearchContext) -> None:
+        deadline = ctx.deadline
+        for cut in greedy_sweep(
+            ctx.analysis,
+            base=ctx.base,
+            cost_s=ctx.costs.standalone_s,
+            points=SWEEP_POINTS,
+            keep_going=lambda: deadline.left() > deadline.total / 2,
+        ):
+            ctx.pool.add(cut, self.name)
+
+    def propose(self, ctx: SearchContext, cap_bytes: int) -> None:
+        outcome = greedy_to_target(
+            ctx.analysis,
+            target_bytes=cap_bytes,
+            base=ctx.base,
+            cost_s=ctx.costs.standalone_s,
+            measure=lambda cut: ctx.pool.add(cut, self.name).peak,
+            high=ctx.high,
+            low=ctx.low,
+            keep_going=lambda: ctx.deadline.left() > 0,
+        )
+        ctx.pool.add(outcome.cut, self.name)

@@ -10,7 +10,7 @@ symbolic; they are evaluated with the shape environment's hints and never guarde
 from __future__ import annotations
 
 import logging
-from collections.abc import Container, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import torch
@@ -18,7 +18,9 @@ import torch.fx as fx
 import torch.utils._pytree as pytree
 
 from autoremat import _torch_compat as compat
-from autoremat.passes.op_classes import NEVER_RECOMPUTE, OpClass, classify
+from autoremat.graph.op_classes import NEVER_RECOMPUTE, OpClass, classify
+from autoremat.graph.placement import backward_computed, must_be_in_backward, place, recomputed_nodes
+from autoremat.graph.storage import StorageKey, alias_of, storage_bytes, storage_of, tensor_bytes
 
 log = logging.getLogger("autoremat")
 
@@ -27,6 +29,8 @@ log = logging.getLogger("autoremat")
 SYMINT_SAVE_BYTES = 8
 
 _POLICY = compat.CheckpointPolicy
+#: AOTAutograd's partitioner tags that place a node in the backward
+_BACKWARD_TAGS = ("is_backward", "must_be_in_backward")
 
 
 @dataclass
@@ -35,7 +39,7 @@ class NodeFacts:
 
     op_class: OpClass
     #: activation bytes saving this value keeps alive (hinted): its storage, charged once per base;
-    #: 0 for graph inputs and their views, which are not activations (DESIGN §4)
+    #: 0 for graph inputs and their views, which are not activations (docs/architecture.md, "Memory")
     save_bytes: int
     #: why the value cannot be saved, or None when it can
     unsaveable: str | None
@@ -43,7 +47,7 @@ class NodeFacts:
     never_recompute: str | None
     #: user/torch tag says: recompute this node in backward
     must_recompute: bool
-    #: node whose storage this value aliases (itself unless it is a view)
+    #: node whose storage this value aliases (graph/storage.py; itself when it owns its storage)
     storage_base: fx.Node
     #: bytes of a non-parameter graph input (or view of one) that saving it keeps referenced: not
     #: activation memory, but the solver still prefers not to extend an input's life for nothing
@@ -61,8 +65,10 @@ class JointGraphAnalysis:
     primals: list[fx.Node]
     static_inputs: list[fx.Node]
     fwd_outputs: list[fx.Node]
-    forward_nodes: set[fx.Node]
-    tangent_closure: set[fx.Node]
+    #: the one placement (graph/placement.py): what runs in the forward, what in the backward
+    forward_nodes: frozenset[fx.Node]
+    must_run_in_forward: frozenset[fx.Node]
+    tangent_closure: frozenset[fx.Node]
     #: values (outside the tangent closure) that the backward reads or returns
     backward_reads: set[fx.Node]
     #: backward outputs computable without tangents (they must be available to the backward as is)
@@ -72,20 +78,23 @@ class JointGraphAnalysis:
     def is_forward(self, node: fx.Node) -> bool:
         return node in self.forward_nodes
 
+    def recomputed(self, saved: Iterable[fx.Node]) -> list[fx.Node]:
+        """Forward nodes the backward runs again when the forward saves exactly ``saved``, in graph
+        order (so sums over them do not depend on memory addresses)."""
+        nodes = recomputed_nodes(self.backward_reads, self.forward_nodes, saved)
+        return sorted(nodes, key=self.order.__getitem__)
 
-def _val(node: fx.Node) -> object:
-    return node.meta.get("val", node.meta.get("tensor_meta"))
-
-
-def _tensor_bytes(value: torch.Tensor) -> int:
-    return compat.hint_int(value.numel()) * value.dtype.itemsize
+    def backward_computed(self, saved: Iterable[fx.Node]) -> list[fx.Node]:
+        """Nodes outside the tangent closure the backward computes when the forward saves ``saved``,
+        in graph order."""
+        return sorted(backward_computed(self.backward_reads, saved), key=self.order.__getitem__)
 
 
 def _saveability(node: fx.Node) -> tuple[int, str | None]:
     """(bytes if saved, reason it cannot be saved)."""
     value = node.meta.get("val")
     if isinstance(value, torch.Tensor):
-        return _tensor_bytes(value), None
+        return tensor_bytes(value), None
     if isinstance(value, torch.SymFloat):
         return 0, "SymFloat values are not saved (their users are recomputed instead)"
     if isinstance(value, compat.py_sym_types):
@@ -97,45 +106,12 @@ def _saveability(node: fx.Node) -> tuple[int, str | None]:
     return 0, f"non-tensor value of type {type(value).__name__}"
 
 
-def _must_be_in_backward(node: fx.Node) -> bool:
-    tag = compat.partitioner_tag(node)
-    if tag == "must_be_in_backward":
-        return True
-    mutable = compat.is_op_overload(node.target) and node.target._schema.is_mutable
-    return tag == "is_backward" and mutable
-
-
-def _must_be_in_forward(node: fx.Node) -> bool:
-    tag = compat.partitioner_tag(node)
-    if tag == "must_be_in_forward":
-        return True
-    mutable = compat.is_op_overload(node.target) and node.target._schema.is_mutable
-    return mutable and tag not in ("is_backward", "must_be_in_backward")
-
-
 def _recompute_tag(node: fx.Node) -> object:
     return node.meta.get("recompute")
 
 
 def _tagged_must_recompute(node: fx.Node) -> bool:
     return _recompute_tag(node) in (_POLICY.MUST_RECOMPUTE, _POLICY.PREFER_RECOMPUTE)
-
-
-def ancestors(
-    roots: Iterable[object], *, stop: Container[fx.Node] = (), within: Container[fx.Node] | None = None
-) -> set[fx.Node]:
-    """``roots`` (non-nodes ignored) and every node they are computed from. Nodes in ``stop`` are
-    included but not looked through; with ``within``, only nodes in it are followed."""
-    seen: set[fx.Node] = set()
-    stack = [r for r in roots if isinstance(r, fx.Node)]
-    while stack:
-        node = stack.pop()
-        if node in seen:
-            continue
-        seen.add(node)
-        if node not in stop:
-            stack.extend(a for a in node.all_input_nodes if within is None or a in within)
-    return seen
 
 
 def _checkpoint_boundaries(graph: fx.Graph) -> set[fx.Node]:
@@ -161,13 +137,13 @@ def _checkpoint_boundaries(graph: fx.Graph) -> set[fx.Node]:
 def _backward_mutation_sources(graph: fx.Graph) -> set[fx.Node]:
     """Sources of forward copy_ into an input that the backward mutates too: never recompute them."""
     mutated_in_bw = {
-        n.args[0] for n in graph.nodes if n.target is torch.ops.aten.copy_.default and _must_be_in_backward(n)
+        n.args[0] for n in graph.nodes if n.target is torch.ops.aten.copy_.default and must_be_in_backward(n)
     }
     return {
         n.args[1]
         for n in graph.nodes
         if n.target is torch.ops.aten.copy_.default
-        and _must_be_in_forward(n)
+        and compat.partitioner_tag(n) not in _BACKWARD_TAGS
         and n.args[0] in mutated_in_bw
         and isinstance(n.args[1], fx.Node)
     }
@@ -188,16 +164,15 @@ def _never_recompute_reason(
     return None
 
 
-def _forward_collectives(nodes: list[fx.Node], tangent_closure: set[fx.Node]) -> list[fx.Node]:
-    """Collectives the forward issues, even those only the backward reads (e.g. a custom
-    autograd.Function that saves an all_reduce): they stay in the forward graph, where eager runs
-    them, so they are saved rather than moved to (or repeated in) the backward. Recompute-tagged ones
-    are left to the user's tag."""
-    return [
-        n
-        for n in nodes
-        if n not in tangent_closure and classify(n) is OpClass.COLLECTIVE and not _tagged_must_recompute(n)
-    ]
+def _storage_owner(
+    node: fx.Node, key: StorageKey, facts: dict[fx.Node, NodeFacts], storages: dict[fx.Node, StorageKey]
+) -> fx.Node:
+    """The node that stands for ``node``'s storage: the base of a chain of aliases (a getitem that
+    picks one output of a multi-output allocator stands for that output's storage)."""
+    alias = alias_of(node)
+    if alias is not None and alias[0] in facts and storage_of(alias[0], storages) == key:
+        return facts[alias[0]].storage_base
+    return node
 
 
 def analyse(
@@ -215,42 +190,35 @@ def analyse(
     static_idx = set(static_lifetime_input_indices or ())
     static_inputs = [p for i, p in enumerate(primals) if i in static_idx]
 
-    tangent_closure: set[fx.Node] = set()
-    for node in nodes:
-        if compat.is_tangent(node) or _must_be_in_backward(node) or compat.is_bwd_seed_offset(node):
-            tangent_closure.add(node)
-        elif node.op != "output" and any(a in tangent_closure for a in node.all_input_nodes):
-            tangent_closure.add(node)
-
-    forced_fwd = [n for n in nodes if n.op == "call_function" and _must_be_in_forward(n)]
-    forced_fwd += _forward_collectives(nodes, tangent_closure)
-    forward_nodes = ancestors(fwd_outputs + forced_fwd) - tangent_closure
-    forward_nodes.update(n for n in nodes if compat.is_fwd_seed_offset(n))
+    boundaries = _checkpoint_boundaries(graph)
+    recompute_tagged = {n for n in nodes if _tagged_must_recompute(n) and n not in boundaries}
+    placement = place(nodes, fwd_outputs, recompute_tagged)
+    tangent_closure = placement.tangent_closure
 
     tangent_free_grads = {o for o in bwd_outputs if o not in tangent_closure}
     backward_reads = set(tangent_free_grads)
     for node in tangent_closure:
         backward_reads.update(a for a in node.all_input_nodes if a not in tangent_closure)
 
-    boundaries = _checkpoint_boundaries(graph)
     forced_save = boundaries | _backward_mutation_sources(graph)
     static_set = set(static_inputs)
     facts: dict[fx.Node, NodeFacts] = {}
+    storages: dict[fx.Node, StorageKey] = {}
     notes: list[str] = []
     for node in nodes:
         if node.op == "output":
             continue
         op_class = classify(node)
         nbytes, unsaveable = _saveability(node)
-        base = node
-        if op_class is OpClass.VIEW and node.args and isinstance(node.args[0], fx.Node):
-            base = facts[node.args[0]].storage_base  # saving a view keeps its base's storage alive
-            nbytes = facts[base].save_bytes
+        key = storage_of(node, storages)
+        base = _storage_owner(node, key, facts, storages)
+        if base is not node and unsaveable is None:
+            nbytes = storage_bytes(key)  # saving an alias keeps its whole storage alive
         input_bytes = 0
         if base.op == "placeholder":
-            input_bytes = 0 if base in static_set else (nbytes if base is node else facts[base].input_bytes)
+            input_bytes = 0 if base in static_set else storage_bytes(key)
             nbytes = 0
-        must_recompute = _tagged_must_recompute(node) and node not in boundaries
+        must_recompute = node in recompute_tagged
         never = _never_recompute_reason(node, op_class, node in forced_save, must_recompute)
         if must_recompute and never is not None:
             notes.append(f"{node.name}: recompute tag ignored ({never}); its value is saved instead")
@@ -266,7 +234,8 @@ def analyse(
         primals=primals,
         static_inputs=static_inputs,
         fwd_outputs=fwd_outputs,
-        forward_nodes=forward_nodes,
+        forward_nodes=placement.forward_nodes,
+        must_run_in_forward=placement.must_run_in_forward,
         tangent_closure=tangent_closure,
         backward_reads=backward_reads,
         tangent_free_grads=tangent_free_grads,

@@ -1,0 +1,123 @@
+"""The budgeted save/recompute problem as plain data: what the exact solver optimises, and its own
+brute-force evaluator (tests compare the MILP against it).
+
+Decisions, per forward value ``v`` (a *candidate*): save it (``s_v``) and/or recompute it in the
+backward (``r_v``). A value the backward reads must be saved or recomputed; recomputing ``v`` needs each
+candidate input saved or recomputed; some values may not be saved, some not recomputed.
+
+Memory along the schedule (positions of the forward, then of the backward's own nodes): each position
+has a fixed base of live bytes; a saved storage group adds its bytes from its last forward use to its
+last backward use; a recomputed value adds its bytes over its backward interval ``[first, last]``.
+``problem_builder.py`` derives all of it from a joint graph and a reference plan.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+#: position value meaning "never used in the backward"
+UNUSED = -1
+
+
+@dataclass(frozen=True)
+class BudgetProblem:
+    """Indices 0..n-1 are candidates in topological order; everything is plain ints and floats so the
+    solver can be tested against brute force without building FX graphs."""
+
+    #: candidate inputs of each candidate (other inputs are graph inputs: always available)
+    inputs: tuple[tuple[int, ...], ...]
+    #: candidates the backward reads directly: each must be saved or recomputed
+    needed: tuple[int, ...]
+    can_save: tuple[bool, ...]
+    can_recompute: tuple[bool, ...]
+    #: predicted seconds to recompute each candidate
+    cost_s: tuple[float, ...]
+    #: bytes a recomputation allocates, live over [first, last] of the backward (for values only other
+    #: recomputations read, first == last: they die within the burst that serves that position)
+    recompute_bytes: tuple[int, ...]
+    first: tuple[int, ...]
+    last: tuple[int, ...]
+    #: storage group of each candidate (views share their base's), its bytes, and where it is released
+    group: tuple[int, ...]
+    group_bytes: tuple[int, ...]
+    #: last backward position a saved group is read (UNUSED: released when the backward starts)
+    save_last: tuple[int, ...]
+    #: forward position of the group's last forward use; saving keeps it live after that
+    fwd_release: tuple[int, ...]
+    bwd_base: tuple[int, ...]
+    #: forward profile with nothing saved; its last entry is the end of the forward (user outputs)
+    fwd_base: tuple[int, ...]
+    #: extra bytes live at the end of the forward when a value is saved that only the backward reads:
+    #: the forward then computes it there, with the backward-only values it needs (charged in full)
+    save_extra_end: tuple[int, ...] = ()
+
+    @property
+    def n(self) -> int:
+        return len(self.inputs)
+
+    def peak_bytes(self, saved: Iterable[int]) -> tuple[int, tuple[bool, ...]]:
+        """(model peak, recomputed flags) of saving exactly ``saved``: the brute-force reference."""
+        saved = set(saved)
+        recomputed = self.recomputed_by(saved)
+        return max([0, *modelled_forward(self, saved), *modelled_backward(self, saved)]), recomputed
+
+    def recomputed_by(self, saved: set[int]) -> tuple[bool, ...]:
+        """Which candidates the backward recomputes when exactly ``saved`` are saved."""
+        flags = [False] * self.n
+        stack = [v for v in self.needed if v not in saved]
+        while stack:
+            v = stack.pop()
+            if flags[v]:
+                continue
+            flags[v] = True
+            stack.extend(u for u in self.inputs[v] if u not in saved)
+        return tuple(flags)
+
+    def is_feasible(self, saved: set[int]) -> bool:
+        if any(not self.can_save[v] for v in saved):
+            return False
+        flags = self.recomputed_by(saved)
+        return all(self.can_recompute[v] for v in range(self.n) if flags[v])
+
+    def time_s(self, saved: set[int]) -> float:
+        flags = self.recomputed_by(saved)
+        return sum(self.cost_s[v] for v in range(self.n) if flags[v])
+
+
+def modelled_forward(problem: BudgetProblem, saved: set[int]) -> list[int]:
+    """Modelled live bytes at each forward position: a saved storage is kept after its last forward
+    use; the end of the forward also holds the backward-only values computed there to be saved."""
+    positions = len(problem.fwd_base)
+    delta = [0] * (positions + 1)
+    for g in {problem.group[v] for v in saved}:
+        delta[min(problem.fwd_release[g] + 1, positions)] += problem.group_bytes[g]
+    profile, running = [], 0
+    for t, base in enumerate(problem.fwd_base):
+        running += delta[t]
+        profile.append(base + running)
+    if profile and problem.save_extra_end:
+        profile[-1] += sum(problem.save_extra_end[v] for v in saved)
+    return profile
+
+
+def modelled_backward(problem: BudgetProblem, saved: set[int]) -> list[int]:
+    """Modelled live bytes at each backward position (difference array: O(nodes + positions))."""
+    positions = len(problem.bwd_base)
+    delta = [0] * (positions + 1)
+
+    def charge(start: int, end: int, nbytes: int) -> None:
+        if nbytes and start != UNUSED and end >= start:
+            delta[start] += nbytes
+            delta[min(end, positions - 1) + 1] -= nbytes
+
+    for g in {problem.group[v] for v in saved}:
+        charge(0, problem.save_last[g], problem.group_bytes[g])
+    for v, flag in enumerate(problem.recomputed_by(saved)):
+        if flag:
+            charge(problem.first[v], problem.last[v], problem.recompute_bytes[v])
+    profile, running = [], 0
+    for t, base in enumerate(problem.bwd_base):
+        running += delta[t]
+        profile.append(base + running)
+    return profile

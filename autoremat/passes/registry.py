@@ -1,0 +1,21 @@
+"""The budget solvers by name: the ``solver`` option accepts exactly these keys, and a new solver is
+one new file (a class implementing ``solver.Solver``) plus one line here."""
+
+from __future__ import annotations
+
+from autoremat.passes.greedy import GreedySolver
+from autoremat.passes.milp_solver import MilpSolver
+from autoremat.passes.mincut import MinCutSolver
+from autoremat.passes.solver import Solver
+
+#: user-selectable solvers, the default first
+SOLVERS: dict[str, type[Solver]] = {"milp": MilpSolver, "greedy": GreedySolver}
+DEFAULT_SOLVER = "milp"
+#: always part of a search: the min-cut's extremes, and greedy's sweep up front and its bisection as
+#: the fallback when the chosen solver fails or finds nothing faster
+BASELINE = MinCutSolver
+FALLBACK = GreedySolver
+
+
+def solver_names() -> tuple[str, ...]:
+    return tuple(SOLVERS)

@@ -1,0 +1,96 @@
+"""The one small interface every budget solver implements, and what a search hands it.
+
+A solver proposes saved sets; it never decides which plan wins. The search (``search.py``) gives each
+solver a ``SearchContext`` — the graph's analysis and costs, the runtime-optimal and least-bytes cuts,
+the verification pool and the clock — and asks it twice:
+
+- ``explore(ctx)``, before the target is known: plans spanning the range, the least peak above all
+  (a fractional budget is interpolated between the least peak and the runtime-optimal one);
+- ``propose(ctx, cap_bytes)``: plans whose peak should be at most ``cap_bytes``.
+
+Every plan goes into ``ctx.pool``, which checks it with the memory model; the search then picks the
+fastest pooled plan within the target. A new solver is one new file with a class like this plus a
+line in ``registry.py``; the ``solver`` option accepts exactly the registry's names.
+
+Example::
+
+    class LeastBytes:
+        name = "least-bytes"
+
+        def explore(self, ctx: SearchContext) -> None:
+            ctx.pool.add(ctx.low, self.name)
+
+        def propose(self, ctx: SearchContext, cap_bytes: int) -> None:
+            pass
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from autoremat.cost_models import GraphCosts
+from autoremat.graph.analysis import JointGraphAnalysis
+from autoremat.passes.mincut import CutResult, RecomputeRules
+from autoremat.passes.pool import Candidate, Pool
+
+#: share of the time limit one MILP-like solve may use, and the least time worth giving one
+SOLVE_SHARE = 0.25
+MIN_SOLVE_SECONDS = 0.2
+#: with several ranks the clock is ignored; this only stops a pathological solve
+DETERMINISTIC_SAFETY_SECONDS = 60.0
+
+
+class Deadline:
+    """The search's time budget, a safety net only: solvers bound their own work (the MILP by a
+    branch-and-bound node limit) so that in practice plans do not depend on machine speed. With
+    ``ignore_clock`` (several ranks planning the same graph) the clock is not consulted at all, so
+    ranks agree even when one of them is slow."""
+
+    def __init__(self, seconds: float, ignore_clock: bool = False) -> None:
+        self.total = seconds
+        self.ignore_clock = ignore_clock
+        self.end = time.perf_counter() + seconds
+
+    def left(self) -> float:
+        if self.ignore_clock:
+            return self.total
+        return max(self.end - time.perf_counter(), 0.0)
+
+    def slice(self) -> float:
+        """Time for one solve: a share of the total, so one hard solve cannot starve the rest (a solve
+        stopped by its limit still returns its best plan and gap)."""
+        if self.ignore_clock:
+            return DETERMINISTIC_SAFETY_SECONDS
+        return min(self.left(), max(self.total * SOLVE_SHARE, MIN_SOLVE_SECONDS))
+
+
+@dataclass
+class SearchContext:
+    """What a solver may read (and the pool and stats it may add to) during one budget search."""
+
+    analysis: JointGraphAnalysis
+    costs: GraphCosts
+    #: the runtime-optimal rules and cut, and the least-bytes cut (every recomputable op released)
+    base: RecomputeRules
+    high: CutResult
+    low: CutResult
+    pool: Pool
+    deadline: Deadline
+    #: free-form counters a solver reports (they end up in ``Plan.solver_stats``)
+    stats: dict[str, Any] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    #: the least-peak plan once exploration is over (None while exploring)
+    least: Candidate | None = None
+
+
+class Solver(Protocol):
+    #: the name users pass as ``solver=`` and plans report
+    name: str
+
+    def explore(self, ctx: SearchContext) -> None:
+        """Add plans spanning the range (before the target is known)."""
+
+    def propose(self, ctx: SearchContext, cap_bytes: int) -> None:
+        """Add plans whose peak should be at most ``cap_bytes``."""
