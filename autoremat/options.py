@@ -46,8 +46,9 @@ _BUDGET_ACCEPTS = (
 class MemoryBudget:
     """The user's memory knob, normalised.
 
-    ``kind`` is ``"fraction"`` (torch's meaning: 0 = least activation memory the graph allows, 1 = the
-    runtime-optimal plan, interpolated on activation bytes), ``"bytes"`` (an absolute cap) or ``"auto"``.
+    ``kind`` is ``"fraction"`` (0 = the least predicted peak the solvers find, 1 = the runtime-optimal
+    plan's, interpolated linearly on the predicted peak), ``"bytes"`` (a cap on each graph's predicted
+    peak) or ``"auto"`` (docs/architecture.md, "Memory").
     """
 
     kind: Literal["fraction", "bytes", "auto"]

@@ -71,7 +71,7 @@ class Plan:
     from_cache: bool = False
     #: identifies the compiled graph (Dynamo graph code, input metadata, options)
     graph_key: str = ""
-    #: predicted peak of live activation bytes over the step (passes/liveness.py; None = not modelled)
+    #: predicted peak of live activation bytes over the step (the memory model's; None = not modelled)
     predicted_peak_bytes: int | None = None
     #: peak the budget allowed, the least peak the solvers found, the runtime-optimal plan's peak
     target_bytes: int | None = None

@@ -123,3 +123,27 @@ def test_plans_are_reproducible_and_several_ranks_ignore_the_clock(monkeypatch):
     assert all(c["time_limit"] == solver_module.DETERMINISTIC_SAFETY_SECONDS for c in calls)
     assert first.digest() == again.digest()
     assert first.predicted_peak_bytes <= first.target_bytes
+
+
+def test_a_new_solver_is_one_class_plus_a_registry_line(monkeypatch):
+    """The registry is the only list of solvers: option validation and the search both read it."""
+    import autoremat.passes.registry as registry
+
+    explored = []
+
+    class LeastBytes:
+        name = "least-bytes"
+
+        def explore(self, ctx):
+            explored.append(ctx.low)
+            ctx.pool.add(ctx.low, self.name)
+
+        def propose(self, ctx, cap_bytes):
+            return None
+
+    with pytest.raises(ValueError, match="least-bytes"):
+        _backend(0.0, solver="least-bytes")
+    monkeypatch.setitem(registry.SOLVERS, "least-bytes", LeastBytes)
+    plan = _plan(0.0, solver="least-bytes")
+    assert explored, "the registered solver was never asked"
+    assert plan.predicted_peak_bytes <= plan.target_bytes

@@ -1,4 +1,4 @@
-"""CostModel: the one object solvers ask "what does this cost on the target device?".
+"""The time model: what recomputing nodes costs on the target device (``CostModel.for_graph``).
 
 It combines a device spec (datasheet, optionally calibrated) with per-node roofline costs and the
 fusion model. Costs are sympy expressions of the graph's size symbols; decisions use their hinted

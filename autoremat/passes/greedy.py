@@ -29,6 +29,8 @@ if TYPE_CHECKING:
 
 #: release prefixes simulated while exploring: cheap plans between the two min-cut extremes
 SWEEP_POINTS = 6
+#: share of the time limit the sweep may use, leaving the rest to the chosen solver's proposals
+SWEEP_TIME_SHARE = 0.5
 
 
 @dataclass(frozen=True)
@@ -111,7 +113,7 @@ def greedy_sweep(
 
 
 class GreedySolver:
-    """Greedy releases as a search solver: a coarse sweep while exploring (using at most half of the
+    """Greedy releases as a search solver: a coarse sweep while exploring (within its share of the
     time limit), a bisection to each cap."""
 
     name = "greedy"
@@ -123,7 +125,7 @@ class GreedySolver:
             base=ctx.base,
             cost_s=ctx.costs.standalone_s,
             points=SWEEP_POINTS,
-            keep_going=lambda: deadline.left() > deadline.total / 2,
+            keep_going=lambda: deadline.left() > deadline.total * (1 - SWEEP_TIME_SHARE),
         ):
             ctx.pool.add(cut, self.name)
 

@@ -31,6 +31,11 @@ _TIE_WEIGHT = 1e-6
 #: proving the last 1% of predicted recompute time optimal buys nothing and can cost seconds
 MIP_REL_GAP = 1e-2
 
+#: HiGHS needs a positive time limit; a solve given (almost) no time still returns at once
+_MIN_TIME_LIMIT_S = 0.01
+#: binaries come back as floats within HiGHS' integrality tolerance: round at one half
+_BINARY_THRESHOLD = 0.5
+
 _STATUS = {0: "optimal", 1: "limit-reached", 2: "infeasible", 3: "unbounded", 4: "failed"}
 
 
@@ -91,7 +96,7 @@ class _Program:
             bounds=Bounds(self.lower, self.upper),
             constraints=constraints,
             options={
-                "time_limit": max(time_limit, 0.01),
+                "time_limit": max(time_limit, _MIN_TIME_LIMIT_S),
                 "mip_rel_gap": MIP_REL_GAP,
                 "disp": False,
                 **({"node_limit": node_limit} if node_limit is not None else {}),
@@ -156,7 +161,7 @@ def solve_budget(
     status = _STATUS.get(res.status, "failed")
     if res.x is None:
         return MilpResult(status, None, None, None, None, elapsed, p.n, len(prog.row_lo))
-    saved = frozenset(v for v in range(p.n) if res.x[save[v]] > 0.5)
+    saved = frozenset(v for v in range(p.n) if res.x[save[v]] > _BINARY_THRESHOLD)
     model_peak, _ = p.peak_bytes(saved)
     gap = getattr(res, "mip_gap", None)
     gap = float(gap) if gap is not None else (0.0 if status == "optimal" else None)
