@@ -183,34 +183,54 @@ def _tokens(vocab: int, batch: int, seq: int) -> Callable[[torch.device], tuple[
     return make
 
 
+#: the suite's sizes: (width scale, repeated blocks, batch/token scale). "smoke" is for tests, "quick"
+#: runs on this CPU in minutes, "act" keeps quick's widths but has 16x the tokens so that activations,
+#: not weights and gradients, dominate the step's memory (as in real training; about a minute a case
+#: under Inductor on 2 cores), "cpu" and "gpu" are wider and deeper.
+PROFILES = {
+    "smoke": (1, 1, 1),
+    "quick": (1, 2, 1),
+    "act": (1, 2, 16),
+    "cpu": (2, 2, 1),
+    "gpu": (8, 4, 1),
+}
+
+
 def suite(profile: str) -> list[ModelCase]:
-    """The five models at the size of ``profile``: "smoke" (tests), "quick" (CPU, minutes), "cpu", "gpu"."""
-    s = {"smoke": 1, "quick": 1, "cpu": 2, "gpu": 8}[profile]
-    depth = {"smoke": 1, "quick": 2, "cpu": 2, "gpu": 4}[profile]  # repeated blocks: compile time grows
-    gpt = GPTConfig(vocab_size=512 * s, block_size=64 * s, n_layer=depth, n_head=4, d_model=64 * s)
+    """The five models at the size of ``profile`` (see ``PROFILES``)."""
+    if profile not in PROFILES:
+        raise ValueError(f"profile={profile!r} is invalid: expected one of {tuple(PROFILES)}")
+    s, depth, t = PROFILES[profile]
+    seq = 64 * s * (4 if t > 1 else 1)  # more tokens: 4x longer sequences, the rest in the batch
+    batch = 4 * s * t * 64 * s // seq
+    gpt = GPTConfig(vocab_size=512 * s, block_size=seq, n_layer=depth, n_head=4, d_model=64 * s)
     mlp_layers, mlp_d = (2 if profile == "smoke" else 8 * depth), 128 * s
     return [
-        _gpt_case("gpt2", gpt, 4 * s, 64 * s),
-        ModelCase(
-            "llama", lambda: Llama(512 * s, 64 * s, depth, 4, 2, 64 * s), _tokens(512 * s, 4 * s, 64 * s)
-        ),
+        _gpt_case("gpt2", gpt, batch, seq),
+        ModelCase("llama", lambda: Llama(512 * s, 64 * s, depth, 4, 2, seq), _tokens(512 * s, batch, seq)),
         ModelCase(
             "deep_mlp",
             lambda: DeepMLP(mlp_d, mlp_layers),
-            lambda dev: (torch.randn(64 * s, mlp_d, device=dev), torch.randn(64 * s, mlp_d, device=dev)),
+            lambda dev: (
+                torch.randn(64 * s * t, mlp_d, device=dev),
+                torch.randn(64 * s * t, mlp_d, device=dev),
+            ),
         ),
         ModelCase(
             "resnet",
             lambda: ResNet(16 * s, 2 * depth),
             lambda dev: (
-                torch.randn(8 * s, 3, 16 * s, 16 * s, device=dev),
-                torch.randint(0, 10, (8 * s,), device=dev),
+                torch.randn(8 * s * t, 3, 16 * s, 16 * s, device=dev),
+                torch.randint(0, 10, (8 * s * t,), device=dev),
             ),
         ),
         ModelCase(
             "long_context",
             lambda: LongContext(32 * s, depth, 4),
-            lambda dev: (torch.randn(1, 512 * s, 32 * s, device=dev), torch.randn(1, 512 * s, device=dev)),
+            lambda dev: (
+                torch.randn(1, 512 * s * t, 32 * s, device=dev),
+                torch.randn(1, 512 * s * t, device=dev),
+            ),
         ),
     ]
 

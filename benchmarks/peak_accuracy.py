@@ -18,6 +18,8 @@ import json
 
 import torch
 
+from benchmarks.models import PROFILES
+
 BUDGETS = (1.0, 0.75, 0.5, 0.25, 0.1, 0.0)
 
 
@@ -92,7 +94,7 @@ def main(argv: list[str] | None = None) -> None:
     from benchmarks.models import suite
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--profile", default="quick", choices=("smoke", "quick", "cpu", "gpu"))
+    parser.add_argument("--profile", default="quick", choices=tuple(PROFILES))
     parser.add_argument("--compiler", nargs="+", default=["eager"], choices=("eager", "inductor"))
     parser.add_argument("--models", nargs="+", default=None)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")

@@ -19,6 +19,8 @@ import sys
 
 import torch
 
+from benchmarks.models import PROFILES
+
 DEFAULT_BUDGETS = (1.0, 0.5, 0.0)
 
 
@@ -64,7 +66,7 @@ def compare(current: dict[str, list[dict]], reference: dict[str, list[dict]]) ->
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--profile", default="quick", choices=("smoke", "quick", "cpu", "gpu"))
+    parser.add_argument("--profile", default="quick", choices=tuple(PROFILES))
     parser.add_argument("--budgets", type=float, nargs="+", default=DEFAULT_BUDGETS)
     parser.add_argument("--save", type=pathlib.Path)
     parser.add_argument("--compare", type=pathlib.Path)

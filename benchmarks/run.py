@@ -33,6 +33,7 @@ import torch
 
 from autoremat import _torch_compat as compat
 from autoremat.measure import cpu_peak_bytes, max_relative_error, measure_saved_bytes, median_seconds
+from benchmarks.models import PROFILES
 
 RESULT_PREFIX = "RESULT "
 #: the byte-budget case: this share of autoremat's predicted peak at budget 1.0
@@ -263,7 +264,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--case", help=argparse.SUPPRESS)
     parser.add_argument("--quick", action="store_true", help="the CPU quick profile (about 10 minutes)")
-    parser.add_argument("--profile", choices=("smoke", "quick", "cpu", "gpu"), default=None)
+    parser.add_argument("--profile", choices=tuple(PROFILES), default=None)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--models", nargs="+", default=None)
     parser.add_argument("--budgets", type=float, nargs="+", default=None)
