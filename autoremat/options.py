@@ -13,7 +13,7 @@ import hashlib
 import math
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -38,8 +38,22 @@ _UNITS = {
 }
 _SIZE_RE = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:[eE][+-]?[0-9]+)?)\s*([A-Za-z]*)\s*$")
 _BUDGET_ACCEPTS = (
-    "a float in [0, 1], a byte count (int >= 0), a size string such as '2.5GiB' or '512MB', or 'auto'"
+    "a fraction in [0, 1] (0, 1, 0.3, '0.3'), a whole number of bytes > 1 (4000000000, '4000000000'), "
+    "a size string such as '2.5GiB' or '512MB', or 'auto'"
 )
+_UNITS_HELP = "size units are B, KB, MB, GB, TB (powers of 1000) and KiB, MiB, GiB, TiB (powers of 1024)"
+#: a bare number written as digits only: bytes when > 1 (a decimal point or exponent makes it a fraction)
+_WHOLE_RE = re.compile(r"^[+-]?[0-9]+$")
+
+
+def option_label(name: str) -> str:
+    """How an error names an option passed in code (``options={...}`` or ``autoremat.backend(...)``)."""
+    return f"autoremat option {name}"
+
+
+def env_label(name: str) -> str:
+    """How an error names an option set in the environment: the variable the user actually wrote."""
+    return f"environment variable {ENV_PREFIX}{name.upper()}"
 
 
 @dataclass(frozen=True)
@@ -99,13 +113,16 @@ class RematOptions:
         return hashlib.sha256(text.encode()).hexdigest()
 
 
-def parse_size(value: Any, *, option: str = "memory_budget") -> int:
-    """Bytes from an int or a size string ('2.5GiB', '512MB', '1e9'); raises ValueError otherwise."""
+def parse_size(value: Any, *, where: str = option_label("memory_budget")) -> int:
+    """Bytes from an int or a size string ('2.5GiB', '512MB', '1e9'); raises ValueError otherwise.
+
+    ``where`` names the source in the error (an option or an environment variable).
+    """
     if isinstance(value, bool):
-        raise ValueError(f"autoremat option {option}={value!r} is invalid: expected {_BUDGET_ACCEPTS}")
+        raise ValueError(f"{where}={value!r} is invalid: expected {_BUDGET_ACCEPTS}")
     if isinstance(value, int):
         if value < 0:
-            raise ValueError(f"autoremat option {option}={value!r} is invalid: a byte budget must be >= 0")
+            raise ValueError(f"{where}={value!r} is invalid: a byte budget must be >= 0")
         return value
     if isinstance(value, str):
         match = _SIZE_RE.match(value)
@@ -113,64 +130,77 @@ def parse_size(value: Any, *, option: str = "memory_budget") -> int:
             number, unit = float(match.group(1)), (match.group(2) or "B").upper()
             if unit in _UNITS and math.isfinite(number):
                 return int(number * _UNITS[unit])
+        raise ValueError(f"{where}={value!r} is invalid: expected {_BUDGET_ACCEPTS}; {_UNITS_HELP}")
+    raise ValueError(f"{where}={value!r} is invalid: expected {_BUDGET_ACCEPTS}")
+
+
+def _budget_from_number(number: float | int, value: Any, where: str) -> MemoryBudget:
+    """The one rule every spelling of a bare number follows (Python value or text alike).
+
+    In [0, 1] it is a fraction (so ``1``, ``"1"`` and ``1.0`` all mean the runtime-optimal plan: a cap
+    of 0 or 1 byte is meaningless, users writing them mean torch's fractions); above 1 it is bytes,
+    and then it must be written as a whole number, because ``1.5`` is far more likely a mistyped
+    fraction than one and a half bytes.
+    """
+    whole = isinstance(number, int)
+    if not whole and not math.isfinite(number):
         raise ValueError(
-            f"autoremat option {option}={value!r} is invalid: expected {_BUDGET_ACCEPTS}; "
-            "size units are B, KB, MB, GB, TB (powers of 1000) and KiB, MiB, GiB, TiB (powers of 1024)"
+            f"{where}={value!r} is invalid: the budget must be a finite number; expected {_BUDGET_ACCEPTS}"
+            " (for no recomputation beyond the runtime-optimal plan, pass 1)"
         )
-    raise ValueError(f"autoremat option {option}={value!r} is invalid: expected {_BUDGET_ACCEPTS}")
+    if 0.0 <= number <= 1.0:
+        return MemoryBudget("fraction", float(number))
+    if number > 1.0 and whole:
+        return MemoryBudget("bytes", number)
+    if number < 0:
+        raise ValueError(f"{where}={value!r} is invalid: a budget must be >= 0; expected {_BUDGET_ACCEPTS}")
+    raise ValueError(
+        f"{where}={value!r} is out of range: a fraction must lie in [0, 1]; for an absolute cap write "
+        f"a whole number of bytes or a size string such as '2.5GiB'"
+    )
 
 
-def parse_memory_budget(value: Any) -> MemoryBudget:
-    """Normalise any accepted budget spelling into a MemoryBudget."""
+def parse_memory_budget(value: Any, *, where: str = option_label("memory_budget")) -> MemoryBudget:
+    """Normalise any accepted budget spelling into a MemoryBudget (docs/architecture.md, "Memory").
+
+    The same text means the same thing whether it is a Python value or a string (an environment
+    variable is always a string): ``1`` and ``"1"`` are the fraction 1.0, ``4000000000`` and
+    ``"4000000000"`` are bytes, ``0.3`` and ``"0.3"`` are the fraction 0.3.
+    """
     if isinstance(value, bool) or value is None:
-        raise ValueError(f"autoremat option memory_budget={value!r} is invalid: expected {_BUDGET_ACCEPTS}")
-    if isinstance(value, float):
-        if not (0.0 <= value <= 1.0):  # also rejects NaN
-            raise ValueError(
-                f"autoremat option memory_budget={value!r} is out of range: a fraction must lie in "
-                f"[0, 1]; for an absolute cap pass bytes (int) or a size string such as '2.5GiB'"
-            )
-        return MemoryBudget("fraction", float(value))
+        raise ValueError(f"{where}={value!r} is invalid: expected {_BUDGET_ACCEPTS}")
+    if isinstance(value, (int, float)):
+        return _budget_from_number(value, value, where)
     if isinstance(value, str):
         text = value.strip()
         if text.lower() == "auto":
             return MemoryBudget("auto")
         try:
-            as_float = float(text)
+            number = float(text)
         except ValueError:
-            return MemoryBudget("bytes", parse_size(text))
-        # A bare number in a string (env vars are strings): a fraction if it has a point, else bytes.
-        if "." in text or "e" in text.lower():
-            return parse_memory_budget(as_float)
-        return MemoryBudget("bytes", parse_size(int(text)))
-    if isinstance(value, int):
-        if value in (0, 1):
-            # 0 and 1 bytes are meaningless caps; users writing them mean torch's fractions.
-            return MemoryBudget("fraction", float(value))
-        return MemoryBudget("bytes", parse_size(value))
+            return MemoryBudget("bytes", parse_size(text, where=where))
+        return _budget_from_number(int(text) if _WHOLE_RE.match(text) else number, value, where)
     raise ValueError(
-        f"autoremat option memory_budget={value!r} (type {type(value).__name__}) is invalid: "
-        f"expected {_BUDGET_ACCEPTS}"
+        f"{where}={value!r} (type {type(value).__name__}) is invalid: expected {_BUDGET_ACCEPTS}"
     )
 
 
-def _parse_choice(name: str, value: Any, choices: tuple[str, ...]) -> str:
-    """One of ``choices`` (case-insensitive), or a ValueError naming the option and the choices."""
+def _parse_choice(where: str, value: Any, choices: tuple[str, ...]) -> str:
+    """One of ``choices`` (case-insensitive), or a ValueError naming the source and the choices."""
     if not isinstance(value, str) or value.strip().lower() not in choices:
         raise ValueError(
-            f"autoremat option {name}={value!r} is invalid: accepted values are "
-            f"{', '.join(repr(c) for c in choices)}"
+            f"{where}={value!r} is invalid: accepted values are {', '.join(repr(c) for c in choices)}"
         )
     return value.strip().lower()
 
 
-def _parse_mode(value: Any) -> str | None:
+def _parse_mode(value: Any, where: str = "autoremat mode") -> str | None:
     if value is None:
         return None
     accepted = compat.inductor_mode_names()
     if not isinstance(value, str) or value not in accepted:
         raise ValueError(
-            f"autoremat mode={value!r} is invalid: accepted values are {', '.join(repr(m) for m in accepted)}"
+            f"{where}={value!r} is invalid: accepted values are {', '.join(repr(m) for m in accepted)}"
         )
     return None if value == "default" else value
 
@@ -179,17 +209,15 @@ _TRUE = ("1", "true", "yes", "on")
 _FALSE = ("0", "false", "no", "off")
 
 
-def _parse_bool(name: str, value: Any) -> bool:
+def _parse_bool(where: str, value: Any) -> bool:
     if isinstance(value, bool):
         return value
     if isinstance(value, str) and value.strip().lower() in _TRUE + _FALSE:
         return value.strip().lower() in _TRUE
-    raise ValueError(
-        f"autoremat option {name}={value!r} is invalid: expected a bool (or one of {_TRUE + _FALSE})"
-    )
+    raise ValueError(f"{where}={value!r} is invalid: expected a bool (or one of {_TRUE + _FALSE})")
 
 
-def _parse_device(value: Any) -> str | None:
+def _parse_device(value: Any, where: str = option_label("device")) -> str | None:
     from autoremat.cost_models.device_specs import spec_names
 
     if value is None:
@@ -197,13 +225,13 @@ def _parse_device(value: Any) -> str | None:
     names = spec_names()
     if not isinstance(value, str) or value.strip().lower() not in names:
         raise ValueError(
-            f"autoremat option device={value!r} is invalid: accepted values are None (the graph's "
+            f"{where}={value!r} is invalid: accepted values are None (the graph's "
             f"device) or one of {', '.join(repr(n) for n in names)}"
         )
     return value.strip().lower()
 
 
-def _parse_time_limit(value: Any) -> float:
+def _parse_time_limit(value: Any, where: str = option_label("solver_time_limit")) -> float:
     number: float | None = None
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         number = float(value)
@@ -214,10 +242,33 @@ def _parse_time_limit(value: Any) -> float:
             number = None
     if number is None or not math.isfinite(number) or number <= 0:
         raise ValueError(
-            f"autoremat option solver_time_limit={value!r} is invalid: expected a positive number of "
+            f"{where}={value!r} is invalid: expected a positive number of "
             f"seconds (default {DEFAULT_SOLVER_TIME_LIMIT:g})"
         )
     return number
+
+
+#: how each of our own options is parsed: (raw value, the source's name for errors) -> normalised value
+_PARSERS: dict[str, Callable[[Any, str], Any]] = {
+    "memory_budget": lambda v, where: parse_memory_budget(v, where=where),
+    "compiler": lambda v, where: _parse_choice(where, v, COMPILERS),
+    "mode": _parse_mode,
+    "strict": lambda v, where: _parse_bool(where, v),
+    "device": _parse_device,
+    "calibrate": lambda v, where: _parse_bool(where, v),
+    "solver": lambda v, where: _parse_choice(where, v, solver_names()),
+    "solver_time_limit": _parse_time_limit,
+}
+_DEFAULTS: dict[str, Any] = {
+    "memory_budget": 1.0,
+    "compiler": "inductor",
+    "mode": None,
+    "strict": False,
+    "device": None,
+    "calibrate": False,
+    "solver": DEFAULT_SOLVER,
+    "solver_time_limit": DEFAULT_SOLVER_TIME_LIMIT,
+}
 
 
 def _check_inductor_option(key: str, value: Any) -> None:
@@ -284,22 +335,27 @@ def resolve_options(
 ) -> RematOptions:
     """Merge defaults < environment < explicit options and validate every value.
 
-    The caller's mapping is read, never mutated.
+    Every environment value is validated, even one an explicit option overrides, and its errors name
+    the variable: a mistyped ``AUTOREMAT_*`` must not go unnoticed just because this call (for
+    example ``autoremat.explain``) happens to pass the option too. The caller's mapping is read, never
+    mutated.
     """
     if options is not None and not isinstance(options, Mapping):
         raise ValueError(f"autoremat options must be a dict, got {type(options).__name__}: {options!r}")
-    merged: dict[str, Any] = dict(from_env(environ))
-    merged.update(dict(options or {}))
+    explicit: dict[str, Any] = dict(options or {})
     if mode is not None:
-        if "mode" in (options or {}):
+        if "mode" in explicit:
             raise ValueError("autoremat: pass mode either as torch.compile(mode=...) or in options, not both")
-        merged["mode"] = mode
+        explicit["mode"] = mode
 
+    parsed = {key: _PARSERS[key](value, option_label(key)) for key, value in _DEFAULTS.items()}
+    parsed.update({key: _PARSERS[key](value, env_label(key)) for key, value in from_env(environ).items()})
     inductor: dict[str, Any] = {}
-    for key, value in merged.items():
+    for key, value in explicit.items():
         if not isinstance(key, str):
             raise ValueError(f"autoremat option names must be strings, got {key!r}")
         if key in _OWN_KEYS:
+            parsed[key] = _PARSERS[key](value, option_label(key))
             continue
         if key in _RESERVED_INDUCTOR_KEYS:
             raise ValueError(f"autoremat option {key!r} is reserved: autoremat installs its own partitioner")
@@ -312,15 +368,7 @@ def resolve_options(
         inductor[key] = value
 
     result = RematOptions(
-        memory_budget=parse_memory_budget(merged.get("memory_budget", 1.0)),
-        compiler=_parse_choice("compiler", merged.get("compiler", "inductor"), COMPILERS),
-        mode=_parse_mode(merged.get("mode")),
-        strict=_parse_bool("strict", merged.get("strict", False)),
-        device=_parse_device(merged.get("device")),
-        calibrate=_parse_bool("calibrate", merged.get("calibrate", False)),
-        solver=_parse_choice("solver", merged.get("solver", DEFAULT_SOLVER), solver_names()),
-        solver_time_limit=_parse_time_limit(merged.get("solver_time_limit", DEFAULT_SOLVER_TIME_LIMIT)),
-        inductor_options=tuple(sorted(inductor.items())),
+        **{key: parsed[key] for key in _OWN_KEYS}, inductor_options=tuple(sorted(inductor.items()))
     )
     if result.calibrate and result.device is not None:
         raise ValueError(

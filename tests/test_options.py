@@ -88,9 +88,53 @@ def test_unknown_environment_variable_is_an_error():
         resolve_options(None, environ={"AUTOREMAT_BUDGET": "0.5"})
 
 
-def test_bad_environment_value_names_the_option():
-    with pytest.raises(ValueError, match="memory_budget='huge'"):
+def test_bad_environment_value_names_the_variable():
+    with pytest.raises(ValueError, match="AUTOREMAT_MEMORY_BUDGET='huge'"):
         resolve_options(None, environ={"AUTOREMAT_MEMORY_BUDGET": "huge"})
+    with pytest.raises(ValueError, match="AUTOREMAT_STRICT='maybe'"):
+        resolve_options(None, environ={"AUTOREMAT_STRICT": "maybe"})
+
+
+@pytest.mark.parametrize("text", ["inf", "nan", "-inf", "Infinity", "1.5", "-1"])
+def test_non_finite_or_out_of_range_budget_text_names_option_value_and_forms(text):
+    # issue 14 item 8: "inf" used to fail with int()'s "invalid literal", naming nothing.
+    with pytest.raises(ValueError) as info:
+        resolve_options({"memory_budget": text}, environ={})
+    message = str(info.value)
+    assert f"memory_budget={text!r}" in message, message
+    assert "invalid literal" not in message
+    assert "[0, 1]" in message and ("GiB" in message or "bytes" in message), message
+
+
+@pytest.mark.parametrize(
+    ("literal", "text", "expected"),
+    [
+        (1, "1", MemoryBudget("fraction", 1.0)),
+        (0, "0", MemoryBudget("fraction", 0.0)),
+        (0.3, "0.3", MemoryBudget("fraction", 0.3)),
+        (4000000000, "4000000000", MemoryBudget("bytes", 4_000_000_000)),
+        ("2GiB", "2GiB", MemoryBudget("bytes", 2 * 2**30)),
+        ("auto", "auto", MemoryBudget("auto")),
+    ],
+)
+def test_same_budget_text_means_the_same_everywhere(literal, text, expected):
+    # issue 14 item 9: AUTOREMAT_MEMORY_BUDGET=1 meant 1 byte while options={"memory_budget": 1} meant
+    # the fraction 1.0. The text, as a Python literal, as a string option and in the environment, agree.
+    assert resolve_options({"memory_budget": literal}, environ={}).memory_budget == expected
+    assert resolve_options({"memory_budget": text}, environ={}).memory_budget == expected
+    assert resolve_options(None, environ={"AUTOREMAT_MEMORY_BUDGET": text}).memory_budget == expected
+
+
+def test_bad_environment_is_reported_even_when_an_explicit_option_overrides_it():
+    # explain() always passes memory_budget, which used to hide a bad AUTOREMAT_MEMORY_BUDGET silently.
+    with pytest.raises(ValueError, match="AUTOREMAT_MEMORY_BUDGET='inf'"):
+        resolve_options({"memory_budget": 0.5}, environ={"AUTOREMAT_MEMORY_BUDGET": "inf"})
+
+
+def test_explain_reports_a_bad_environment(monkeypatch):
+    monkeypatch.setenv("AUTOREMAT_MEMORY_BUDGET", "lots")
+    with pytest.raises(ValueError, match="AUTOREMAT_MEMORY_BUDGET='lots'"):
+        autoremat.explain(torch.nn.Linear(2, 2), torch.randn(1, 2), memory_budget=0.5)
 
 
 def test_inductor_options_pass_through_and_mode_maps():
