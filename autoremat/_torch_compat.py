@@ -95,6 +95,7 @@ __all__ = [
     "select_decomp_table",
     "torch_default_partition",
     "torch_min_cut_partition",
+    "torch_min_cut_partition_without_cse",
     "trace_structured",
 ]
 
@@ -223,6 +224,16 @@ def boxed_nop(gm: fx.GraphModule, example_inputs: Sequence[Any]) -> Callable[...
 
     run._boxed_call = True  # type: ignore[attr-defined]
     return run
+
+
+def torch_min_cut_partition_without_cse(
+    joint_module: fx.GraphModule, joint_inputs: Sequence[object], **kwargs: Any
+) -> tuple[fx.GraphModule, fx.GraphModule]:
+    """torch's min-cut partitioner with its CSE pass off (``functorch_config.cse``, read at call time in
+    2.11-2.13): torch's ``fx_graph_cse`` merges identical functional collectives, which changes what
+    the ranks communicate. Callers run autoremat's collectives-safe CSE first."""
+    with functorch_config.patch(cse=False):
+        return min_cut_rematerialization_partition(joint_module, joint_inputs, **kwargs)
 
 
 def torch_default_partition(

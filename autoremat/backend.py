@@ -8,34 +8,57 @@ lazily, on the first backward call, long after any ``with`` block has exited.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-import torch
 import torch.fx as fx
 
 from autoremat import _torch_compat as compat
 from autoremat import plan as plan_module
 from autoremat import plan_store
 from autoremat.options import RematOptions, resolve_options
-from autoremat.partitioner import RematPartitioner, announce
+from autoremat.partitioner import RematPartitioner, announce, pick_device
 
 CompiledFn = Callable[..., Any]
+log = logging.getLogger("autoremat")
 
 
 def compile_graph(gm: fx.GraphModule, example_inputs: Sequence[Any], options: RematOptions) -> CompiledFn:
-    """Compile one Dynamo graph under ``options``."""
-    partitioner = RematPartitioner(options, _inputs_device(example_inputs))
-    partitioner.graph_key = plan_store.graph_key(gm, example_inputs, partitioner.uuid())
+    """Compile one Dynamo graph under ``options``.
+
+    Everything of ours around the compile (building the partitioner, the plan store's key, saving and
+    reloading plans) is guarded: a failure there is logged and costs a stored plan, never the user's
+    compile. Errors of the compile itself are Inductor's or AOTAutograd's own, and the partitioner
+    inside it guards its own work.
+    """
+    partitioner = RematPartitioner(options, pick_device(example_inputs))
+    try:
+        uuid = partitioner.uuid()
+        partitioner.graph_key = plan_store.graph_key(gm, example_inputs, uuid) if uuid is not None else ""
+    except Exception as exc:  # noqa: BLE001 - a missing plan record must not stop training
+        log.warning(
+            "autoremat: cannot key this graph's plans (%s: %s); not storing them", type(exc).__name__, exc
+        )
+        partitioner.graph_key = ""
     before = plan_module.recorded_count()
     compiled = _compile(gm, example_inputs, options, partitioner)
-    made = plan_module.recorded_since(before)
-    if made:
-        plan_store.save(partitioner.graph_key, made)
-    else:  # a cache hit skipped the partitioner: report the plans it made when the artifact was built
-        for plan in plan_store.load(partitioner.graph_key):
-            announce(plan)
+    if partitioner.graph_key:
+        _store_or_replay(partitioner.graph_key, plan_module.recorded_since(before))
     return compiled
+
+
+def _store_or_replay(key: str, made: list[plan_module.Plan]) -> None:
+    """Store the plans this compile made; after a cache hit (the partitioner never ran), announce the
+    plans stored when the artifact was built."""
+    try:
+        if made:
+            plan_store.save(key, made)
+        else:
+            for plan in plan_store.load(key):
+                announce(plan)
+    except Exception as exc:  # noqa: BLE001 - the plan store is a report, not part of the compile
+        log.warning("autoremat: plan store failed (%s: %s)", type(exc).__name__, exc)
 
 
 def _compile(
@@ -49,13 +72,6 @@ def _compile(
         "custom_partitioner_fn": partitioner,
     }
     return compat.compile_fx(gm, example_inputs, config_patches=patches)
-
-
-def _inputs_device(example_inputs: Sequence[Any]) -> torch.device | None:
-    for value in example_inputs:
-        if isinstance(value, torch.Tensor):
-            return value.device
-    return None
 
 
 def codegen_free_backend(partition_fn: Callable[..., Any]) -> Callable[..., CompiledFn]:

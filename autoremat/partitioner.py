@@ -14,7 +14,7 @@ import hashlib
 import logging
 import pathlib
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import torch
@@ -22,7 +22,13 @@ import torch.fx as fx
 
 from autoremat import _torch_compat as compat
 from autoremat._version import __version__
-from autoremat.cost_models import DEFAULT_MEMORY_MODEL, MEMORY_MODELS, GraphCosts, default_cost_model
+from autoremat.cost_models import (
+    DEFAULT_MEMORY_MODEL,
+    MEMORY_MODELS,
+    Calibration,
+    GraphCosts,
+    default_cost_model,
+)
 from autoremat.cost_models.device_memory import available_bytes
 from autoremat.distributed import planning_calibration, world_size
 from autoremat.graph.analysis import JointGraphAnalysis, analyse
@@ -67,14 +73,23 @@ class RematPartitioner(compat.CustomPartitionerFn):
 
     def __init__(self, options: RematOptions, device: torch.device | None = None) -> None:
         self.options = options
-        #: None under torch.distributed with several ranks: decisions must not depend on local timings
-        self.calibration, self._notes = planning_calibration(options, device)
+        #: None under torch.distributed with several ranks (decisions must not depend on local timings),
+        #: or when measuring failed (e.g. out of device memory): then datasheet peaks are used
+        self.calibration, self._notes = _calibration_or_datasheet(options, device)
         #: set by the backend before each compile; stamped on plans so they can be stored and found
         self.graph_key = ""
 
-    def uuid(self) -> str:
-        cal = self.calibration.fingerprint() if self.calibration else ""
-        text = f"autoremat-{__version__}-{_source_digest()}-{self.options.fingerprint()}-{cal}"
+    def uuid(self) -> str | None:
+        """Inductor's cache identity; None (no caching of this compile) if it cannot be computed, since
+        a wrong identity could serve a stale plan and raising would stop the user's compile."""
+        try:
+            cal = self.calibration.fingerprint() if self.calibration else ""
+            text = f"autoremat-{__version__}-{_source_digest()}-{self.options.fingerprint()}-{cal}"
+        except Exception as exc:  # noqa: BLE001 - a cache key must never stop training
+            log.warning(
+                "autoremat: cannot compute the cache identity (%s: %s); not caching", type(exc).__name__, exc
+            )
+            return None
         return hashlib.sha256(text.encode()).hexdigest()
 
     def __call__(
@@ -97,12 +112,7 @@ class RematPartitioner(compat.CustomPartitionerFn):
                 type(exc).__name__,
                 exc,
             )
-            fw, bw = compat.torch_min_cut_partition(
-                gm,
-                joint_inputs,
-                num_fwd_outputs=num_fwd_outputs,
-                static_lifetime_input_indices=static_lifetime_input_indices,
-            )
+            fw, bw = _fallback_partition(gm, joint_inputs, num_fwd_outputs, static_lifetime_input_indices)
             plan = Plan(
                 budget=self.options.memory_budget.describe(),
                 solver="torch-min-cut",
@@ -117,7 +127,10 @@ class RematPartitioner(compat.CustomPartitionerFn):
         plan.partition_seconds = time.perf_counter() - start
         plan.notes.extend(self._notes)
         plan.graph_key = self.graph_key
-        announce(plan)
+        try:
+            announce(plan)
+        except Exception as exc:  # noqa: BLE001 - reporting must never cost the user a correct partition
+            log.warning("autoremat: could not report the plan (%s: %s)", type(exc).__name__, exc)
         return fw, bw
 
     def _partition(
@@ -170,12 +183,16 @@ class RematPartitioner(compat.CustomPartitionerFn):
         )
         solution.notes[:0] = notes
         if not solution.feasible:
-            message = (
+            shortfall = (
                 f"memory_budget={budget.describe()} is below the least peak activation memory this "
-                f"graph allows ({solution.least_bytes} bytes predicted); using the least-memory plan"
+                f"graph allows ({solution.least_bytes} bytes predicted)"
             )
             if self.options.strict:
-                raise BudgetInfeasible(f"autoremat (strict=True): {message}")
+                raise BudgetInfeasible(
+                    f"autoremat (strict=True): {shortfall}; raise the budget to at least that, or pass "
+                    "strict=False to train with the least-memory plan and a warning"
+                )
+            message = f"{shortfall}; using the least-memory plan"
             log.warning("autoremat: %s", message)
             solution.notes.append(message)
         return solution
@@ -190,11 +207,67 @@ def _shared_op_names(fw: fx.GraphModule, bw: fx.GraphModule) -> list[str]:
 
 
 def _graph_device(graph: fx.Graph) -> torch.device | None:
-    for node in graph.nodes:
-        value = node.meta.get("val")
-        if isinstance(value, torch.Tensor):
+    return pick_device(node.meta.get("val") for node in graph.nodes)
+
+
+#: devices that never hold a step's activations on their own: a CPU scalar or a meta tensor next to
+#: CUDA tensors must not make a CUDA graph plan with CPU costs (or "auto" read host RAM)
+_HOST_DEVICE_TYPES = ("cpu", "meta")
+
+
+def pick_device(values: Iterable[object]) -> torch.device | None:
+    """The device a graph computes on: the first accelerator device among ``values``' tensors (graphs
+    commonly mix a CPU scalar or step counter into CUDA work), else the first tensor's device, else
+    None (no tensors)."""
+    first: torch.device | None = None
+    for value in values:
+        if not isinstance(value, torch.Tensor):
+            continue
+        if value.device.type not in _HOST_DEVICE_TYPES:
             return value.device
-    return None
+        if first is None:
+            first = value.device
+    return first
+
+
+def _calibration_or_datasheet(
+    options: RematOptions, device: torch.device | None
+) -> tuple[Calibration | None, list[str]]:
+    """``planning_calibration``, degraded to datasheet peaks if measuring fails: calibration allocates
+    about 1 GiB on the device, which can run out of memory on a full device, and a plan with datasheet
+    costs is still a correct plan."""
+    try:
+        return planning_calibration(options, device)
+    except Exception as exc:  # noqa: BLE001 - includes torch.OutOfMemoryError
+        note = f"calibration failed ({type(exc).__name__}: {exc}); planning with datasheet peaks"
+        log.warning("autoremat: %s", note)
+        return None, [note]
+
+
+def _fallback_partition(
+    gm: fx.GraphModule,
+    joint_inputs: Sequence[object],
+    num_fwd_outputs: int,
+    static_lifetime_input_indices: list[int] | None,
+) -> tuple[fx.GraphModule, fx.GraphModule]:
+    """torch's min-cut partitioner, without its own CSE (which can merge two identical collectives into
+    one; ours keeps them apart), and torch's save-everything partitioner if even that fails."""
+    kwargs = {
+        "num_fwd_outputs": num_fwd_outputs,
+        "static_lifetime_input_indices": static_lifetime_input_indices,
+    }
+    try:
+        if compat.functorch_config.cse:
+            gm.graph = cse_keeping_collectives(gm.graph)
+            gm.recompile()
+        return compat.torch_min_cut_partition_without_cse(gm, joint_inputs, **kwargs)
+    except Exception as exc:  # noqa: BLE001 - the last resort below saves everything and cannot be wrong
+        log.warning(
+            "autoremat: torch's min-cut partitioner failed too (%s: %s); saving every activation",
+            type(exc).__name__,
+            exc,
+        )
+        return compat.torch_default_partition(gm, joint_inputs, **kwargs)
 
 
 def announce(plan: Plan) -> None:
