@@ -9,9 +9,15 @@ comparing strategies against each other on this machine, not absolute speeds.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
+import os
+import re
 import sys
+import tempfile
 import time
+import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -62,10 +68,46 @@ def run_strategy(name: str, backend, base: GPT, batch, reference, steps: int) ->
     return Row(name, saved.nbytes, peak, predicted, step_s * 1e3, compile_s, err)
 
 
+#: a line of Kineto's (torch.profiler's C++ backend) own log, e.g.
+#: ``USDT:2026-11-29 00:27:25 12993:12993 SyncActivityProfilerHandler.cpp:52] profiler_start``
+_KINETO_LINE = re.compile(rb"^[A-Z]+:\d{4}-\d\d-\d\d \d\d:\d\d:\d\d \d+:\d+ \S+:\d+\] ")
+#: the file descriptor Kineto logs to (stderr), from C++, where Python's sys.stderr never sees it
+_STDERR_FD = 2
+#: torch's notice that force_disable_caches (which the demo sets so every strategy compiles cold,
+#: see main) also turns off profile-guided recompilation: expected here, noise to the reader
+_PGO_NOTICE = "dynamo_pgo force disabled"
+
+
+@contextlib.contextmanager
+def _without_profiler_log() -> Iterator[None]:
+    """Drop Kineto's ``profiler_start``/``profiler_stop`` lines, which it writes to fd 2 on every
+    profiled step whatever ``KINETO_LOG_LEVEL`` was when the demo started (torch reads it at import);
+    anything else written to stderr meanwhile is passed through."""
+    sys.stderr.flush()
+    try:
+        saved = os.dup(_STDERR_FD)
+    except OSError:  # no stderr descriptor to redirect: let the lines through
+        yield
+        return
+    with tempfile.TemporaryFile() as sink:
+        os.dup2(sink.fileno(), _STDERR_FD)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, _STDERR_FD)
+            os.close(saved)
+            sink.seek(0)
+            kept = [line for line in sink.read().splitlines(keepends=True) if not _KINETO_LINE.match(line)]
+            if kept:
+                sys.stderr.write(b"".join(kept).decode(errors="replace"))
+
+
 def _peak_bytes(step) -> int:
     """Peak memory of one forward + backward above what was allocated before it."""
     if not torch.cuda.is_available():
-        return cpu_peak_bytes(step)
+        with _without_profiler_log():
+            return cpu_peak_bytes(step)
     torch.cuda.synchronize()
     torch.cuda.reset_peak_memory_stats()
     start = torch.cuda.memory_allocated()
@@ -128,7 +170,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     rows = []
     # Cold compiles: a cache hit would skip the partitioner, hiding its plan (and its compile time).
-    with torch.compiler.config.patch(force_disable_caches=True):
+    with torch.compiler.config.patch(force_disable_caches=True), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=_PGO_NOTICE)
         for name, backend in strategies:
             print(f"  running {name} ...", flush=True)
             torch.compiler.reset()

@@ -11,9 +11,16 @@ non-zeros and a 5,000-node joint graph stays a few-second solve.
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import logging
 import math
+import os
+import sys
+import tempfile
+import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -21,6 +28,8 @@ from scipy.optimize import Bounds, LinearConstraint, milp
 from scipy.sparse import coo_array
 
 from autoremat.passes.budget_problem import UNUSED, BudgetProblem
+
+log = logging.getLogger("autoremat")
 
 #: objective unit: microseconds keep coefficients O(1) for HiGHS' tolerances
 _TIME_SCALE = 1e6
@@ -90,6 +99,10 @@ class _Program:
         shape = (len(self.row_lo), len(self.lower))
         matrix = coo_array((self.vals, (self.rows, self.cols)), shape=shape).tocsr()
         constraints = LinearConstraint(matrix, self.row_lo, self.row_hi) if self.row_lo else ()
+        with native_output_to_debug_log():
+            return self._milp(constraints, time_limit, node_limit)
+
+    def _milp(self, constraints: object, time_limit: float, node_limit: int | None) -> object:
         return milp(
             np.asarray(self.cost),
             integrality=np.asarray(self.integer),
@@ -102,6 +115,72 @@ class _Program:
                 **({"node_limit": node_limit} if node_limit is not None else {}),
             },
         )
+
+
+#: serialises the process-wide file-descriptor swap below (solves on several threads must not restore
+#: each other's descriptors)
+_FD_LOCK = threading.Lock()
+#: the C-level streams HiGHS may write to: stdout (its stray debug printf) and stderr
+_NATIVE_FDS = (1, 2)
+
+
+@contextlib.contextmanager
+def native_output_to_debug_log() -> Iterator[None]:
+    """Keep HiGHS' C-level output off the user's terminal unless the ``autoremat`` logger asks for it.
+
+    ``disp=False`` silences HiGHS' log, but some HiGHS builds (scipy 1.13-1.17) also ``printf`` debug
+    lines such as ``HighsMipSolverData::transformNewIntegerFeasibleSolution tmpSolver.run();`` straight
+    to file descriptor 1, which no Python-level redirection or solver option reaches. So, when the
+    logger is not at DEBUG, fds 1 and 2 point at a temporary file for the duration of the solve, C's
+    stdio buffers are flushed before they are restored (or the text would leak out later), and what
+    was captured is logged at DEBUG. At DEBUG nothing is redirected, so the output stays live.
+    """
+    if log.isEnabledFor(logging.DEBUG) or not _FD_LOCK.acquire(blocking=False):
+        yield  # debugging, or another thread already holds the streams redirected for its solve
+        return
+    saved: list[tuple[int, int]] = []
+    try:
+        with tempfile.TemporaryFile() as sink:
+            try:
+                for stream in (sys.stdout, sys.stderr):
+                    if stream is not None:
+                        stream.flush()  # Python's own buffered text belongs to the terminal
+                for fd in _NATIVE_FDS:
+                    saved.append((fd, os.dup(fd)))
+                    os.dup2(sink.fileno(), fd)
+            except (OSError, ValueError):  # no such descriptor (embedded interpreter): leave them be
+                _restore(saved)
+                saved = []
+                yield
+                return
+            try:
+                yield
+            finally:
+                _flush_c_stdio()
+                _restore(saved)
+                saved = []
+                sink.seek(0)
+                captured = sink.read().decode(errors="replace").strip()
+                if captured:
+                    log.debug("autoremat: HiGHS wrote: %s", captured)
+    finally:
+        _restore(saved)
+        _FD_LOCK.release()
+
+
+def _restore(saved: list[tuple[int, int]]) -> None:
+    for fd, copy in reversed(saved):
+        os.dup2(copy, fd)
+        os.close(copy)
+    saved.clear()
+
+
+def _flush_c_stdio() -> None:
+    """``fflush(NULL)``: push C stdio's buffered text into the redirected descriptors before restoring."""
+    try:
+        ctypes.CDLL(None).fflush(None)
+    except (OSError, AttributeError, TypeError):  # no C runtime symbols to reach (e.g. Windows)
+        pass
 
 
 def _add(terms: dict[int, float], col: int, val: float) -> None:
