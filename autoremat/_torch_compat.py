@@ -68,6 +68,7 @@ __all__ = [
     "boxed_nop",
     "collective_namespace",
     "compile_fx",
+    "eager_random_decomp_table",
     "extract_fwd_bwd_modules",
     "functorch_config",
     "fx_graph_cse",
@@ -224,6 +225,40 @@ def boxed_nop(gm: fx.GraphModule, example_inputs: Sequence[Any]) -> Callable[...
 
     run._boxed_call = True  # type: ignore[attr-defined]
     return run
+
+
+def _native_dropout_as_eager_cpu(input: torch.Tensor, p: float, train: bool | None) -> Any:
+    """``native_dropout`` the way eager's CPU kernel computes it (ATen ``native_dropout_cpu``): one
+    ``bernoulli`` draw of the input's shape, then ``input * mask * scale``.
+
+    The draw is a single-output random op, which the partitioner saves like any other; kept as the
+    two-output ``native_dropout``, a recompute tag on it would reach its ``getitem`` outputs too.
+    Elsewhere (CUDA's fused philox kernel, evaluation, p == 0) the op is kept as it is (NotImplemented
+    tells the tracer to record it undecomposed), which draws eager's numbers there as well.
+    """
+    if input.device.type != "cpu" or train is False or p == 0:
+        return NotImplemented
+    keep = 1.0 - p
+    scale = 0.0 if keep == 0 else 1.0 / keep
+    mask = torch.ops.aten.bernoulli.p(input, keep)
+    return input.mul(mask).mul(scale), mask.to(torch.bool)
+
+
+def eager_random_decomp_table() -> dict[Any, Callable[..., Any]]:
+    """Inductor's decompositions minus those of random ops (``nondeterministic_seeded``), so the graphs
+    call the random kernels eager PyTorch calls and draw the same numbers from the same generator.
+
+    Inductor decomposes ``native_dropout`` and ``bernoulli`` into ``rand_like`` comparisons (its
+    ``fast_random_decomps``, or core's with ``fallback_random``), which draw a different stream than
+    eager's ``bernoulli_`` kernel; everything else stays as in production.
+    """
+    table = {
+        op: fn
+        for op, fn in select_decomp_table().items()
+        if torch.Tag.nondeterministic_seeded not in getattr(op, "tags", ())
+    }
+    table[torch.ops.aten.native_dropout.default] = _native_dropout_as_eager_cpu
+    return table
 
 
 def torch_min_cut_partition_without_cse(

@@ -74,17 +74,25 @@ def _compile(
     return compat.compile_fx(gm, example_inputs, config_patches=patches)
 
 
-def codegen_free_backend(partition_fn: Callable[..., Any]) -> Callable[..., CompiledFn]:
+def codegen_free_backend(
+    partition_fn: Callable[..., Any], *, eager_random: bool = True
+) -> Callable[..., CompiledFn]:
     """AOTAutograd with ``partition_fn`` whose graphs run eagerly (like torch's ``aot_eager``).
 
     It uses Inductor's decompositions so the partitioner sees the graphs it sees in production; tests
-    and benchmarks use it to run torch's partitioners on exactly the same joint graphs as ours.
+    and benchmarks use it to run torch's partitioners on exactly the same joint graphs as ours. Random
+    ops are the exception (``eager_random=True``, the default): they stay undecomposed, so dropout and
+    other random ops draw exactly the numbers eager PyTorch draws under the same seed, and the
+    codegen-free path is a faithful debugging reference. Inductor decomposes them into ``rand_like``
+    comparisons, which draw different numbers (correct, but not eager's); pass ``eager_random=False``
+    to reproduce that graph.
     """
+    table = compat.eager_random_decomp_table() if eager_random else compat.select_decomp_table()
     return compat.aot_autograd(
         fw_compiler=compat.boxed_nop,
         bw_compiler=compat.boxed_nop,
         partition_fn=partition_fn,
-        decompositions=compat.select_decomp_table(),
+        decompositions=table,
         keep_inference_input_mutations=True,
     )
 
