@@ -54,12 +54,39 @@ def test_auto_budget_fits_what_the_device_has_free(monkeypatch):
     assert fitted.target_bytes == tight and fitted.predicted_peak_bytes <= tight
 
 
-def test_auto_on_cpu_claims_half_of_available_ram():
-    from autoremat.cost_models.device_memory import CPU_SHARE, _host_available_bytes, available_bytes
+_MEMINFO = """MemTotal:       32000000 kB
+MemFree:         1000000 kB
+MemAvailable:    8000000 kB
+Buffers:          200000 kB
+"""
 
-    expected = _host_available_bytes() * CPU_SHARE
-    assert available_bytes(torch.device("cpu")) == pytest.approx(expected, rel=0.2)
-    assert available_bytes(None) > 0
+
+def test_auto_on_cpu_claims_half_of_memavailable(monkeypatch):
+    import io
+
+    from autoremat.cost_models import device_memory
+
+    real_open = open
+
+    def fake_open(path, *args, **kwargs):
+        return io.StringIO(_MEMINFO) if path == "/proc/meminfo" else real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(device_memory, "open", fake_open, raising=False)
+    half_of_memavailable = 8_000_000 * 1024 // 2
+    assert device_memory.available_bytes(torch.device("cpu")) == half_of_memavailable == 4_096_000_000
+    assert device_memory.available_bytes(None) == half_of_memavailable
+
+
+def test_auto_on_cuda_claims_90_percent_of_free_plus_unused_cached_memory(monkeypatch):
+    from autoremat.cost_models import device_memory
+
+    gib = 2**30
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (10 * gib, 80 * gib))
+    monkeypatch.setattr(torch.cuda, "memory_reserved", lambda device=None: 6 * gib)
+    monkeypatch.setattr(torch.cuda, "memory_allocated", lambda device=None: 2 * gib)
+    # free 10 GiB + cached but unused 6 - 2 = 4 GiB, of which 90%
+    assert device_memory.available_bytes(torch.device("cuda", 0)) == 13_529_146_982
 
 
 def test_greedy_solver_option_never_calls_the_milp(monkeypatch):
