@@ -62,6 +62,10 @@ class MilpResult:
     solve_seconds: float
     num_binaries: int
     num_rows: int
+    #: the program's own values at the solution (its peak variable, and its recompute flags times
+    #: costs): the linearisation, which tests check against the evaluator's ``time_s``/``peak_bytes``
+    program_time_s: float | None = None
+    program_peak_bytes: float | None = None
 
 
 class _Program:
@@ -244,7 +248,19 @@ def solve_budget(
     model_peak, _ = p.peak_bytes(saved)
     gap = getattr(res, "mip_gap", None)
     gap = float(gap) if gap is not None else (0.0 if status == "optimal" else None)
-    return MilpResult(status, saved, p.time_s(set(saved)), model_peak, gap, elapsed, p.n, len(prog.row_lo))
+    program_time = sum(res.x[recompute[v]] * p.cost_s[v] for v in range(p.n))
+    return MilpResult(
+        status,
+        saved,
+        p.time_s(set(saved)),
+        model_peak,
+        gap,
+        elapsed,
+        p.n,
+        len(prog.row_lo),
+        program_time_s=float(program_time),
+        program_peak_bytes=float(res.x[peak] * peak_unit),
+    )
 
 
 def _backward_rows(
