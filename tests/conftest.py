@@ -27,3 +27,16 @@ def _fresh_compile_state():
     autoremat.clear_plans()
     yield
     torch._dynamo.reset()
+
+
+@pytest.fixture
+def fake_pg():
+    """A world of two ranks in this process (this is rank 0); collectives do not communicate."""
+    import torch.distributed as dist
+    from torch.testing._internal.distributed.fake_pg import FakeStore
+
+    dist.init_process_group("fake", store=FakeStore(), rank=0, world_size=2)
+    try:
+        yield
+    finally:
+        dist.destroy_process_group()

@@ -14,8 +14,7 @@ from torch.utils.checkpoint import CheckpointPolicy, checkpoint, create_selectiv
 
 import autoremat
 from autoremat import partitioner as partitioner_module
-from autoremat.graph.analysis import analyse
-from autoremat.graph.op_classes import NEVER_RECOMPUTE, OpClass, classify
+from autoremat.graph.op_classes import OpClass, classify
 from autoremat.options import resolve_options
 from autoremat.partitioner import RematPartitioner
 from tests.harness import BF16_TOL, EAGER_TOL, assert_steps_match, compiled_step, train_step
@@ -205,16 +204,49 @@ def test_feasible_byte_budget_caps_the_predicted_peak():
     assert plan.predicted_peak_bytes <= cap < high.predicted_peak_bytes and plan.target_bytes == cap
 
 
-def test_collectives_are_never_recomputed_unless_tagged():
-    graph = fx.Graph()
-    x = graph.placeholder("primals_1")
-    x.meta["val"] = torch.empty(4)
-    node = graph.call_function(torch.ops._c10d_functional.all_reduce.default, (x, "sum", "0"))
-    node.meta["val"] = torch.empty(4)
-    assert classify(node) is OpClass.COLLECTIVE and OpClass.COLLECTIVE in NEVER_RECOMPUTE
-    graph.output([node])
-    facts = analyse(graph, num_fwd_outputs=1, static_lifetime_input_indices=[]).facts[node]
-    assert facts.never_recompute == "collective op"
-    node.meta["recompute"] = CheckpointPolicy.MUST_RECOMPUTE
-    facts = analyse(graph, num_fwd_outputs=1, static_lifetime_input_indices=[]).facts[node]
-    assert facts.never_recompute is None and facts.must_recompute
+def _collectives(graph: fx.Graph) -> list[fx.Node]:
+    return [n for n in graph.nodes if n.op == "call_function" and classify(n) is OpClass.COLLECTIVE]
+
+
+@pytest.mark.parametrize("tagged", [False, True])
+def test_collectives_are_never_recomputed_unless_tagged(fake_pg, tagged):
+    """At budget 0.0 the backward reads an all-reduced value. Its collective is not recomputed: the
+    backward issues only its own all-reduce of the gradient, unless the user tagged the forward's
+    collective MUST_RECOMPUTE; then the plan recomputes it and the backward issues it again."""
+    import torch.distributed as dist
+    import torch.distributed._functional_collectives as funcol
+
+    from tests.harness import capture_joint
+
+    w = torch.randn(8, 8, requires_grad=True)
+
+    def fn(x):
+        return torch.sin(funcol.all_reduce(x @ w, "sum", dist.group.WORLD)).sum()
+
+    joint = capture_joint(fn, torch.randn(4, 8, requires_grad=True))
+    gm = joint.fresh_copy()
+    # the forward's all_reduce and its wait, then the backward's all_reduce of the gradient and its wait
+    collectives = _collectives(gm.graph)
+    ops = [str(n.target) for n in collectives]
+    assert len(ops) == 4 and "all_reduce" in ops[0] and "wait_tensor" in ops[1], ops
+    forward_names = {n.name for n in collectives[:2]}
+    if tagged:
+        for node in collectives[:2]:
+            node.meta["recompute"] = CheckpointPolicy.MUST_RECOMPUTE
+    ours = RematPartitioner(resolve_options({"compiler": "eager", "memory_budget": 0.0}))
+    fw, bw = ours(
+        gm,
+        joint.joint_inputs,
+        num_fwd_outputs=joint.num_fwd_outputs,
+        static_lifetime_input_indices=joint.static_lifetime_input_indices,
+    )
+    (plan,) = autoremat.recent_plans()
+    assert plan.status != "fallback", plan.notes
+    recomputed = {r.name for r in plan.recomputed} & forward_names
+    assert [str(n.target) for n in _collectives(fw.graph)] == ops[:2]
+    if tagged:
+        assert recomputed == forward_names, plan.recomputed
+        assert [str(n.target) for n in _collectives(bw.graph)] == ops[:2] + ops[2:]
+    else:
+        assert recomputed == set(), plan.recomputed
+        assert [str(n.target) for n in _collectives(bw.graph)] == ops[2:]

@@ -42,18 +42,6 @@ EXAMPLE = ROOT / "examples" / "fsdp2_tp.py"
 pytestmark = pytest.mark.skipif(not dist.is_available(), reason="torch.distributed is not available")
 
 
-@pytest.fixture
-def fake_pg():
-    """A world of two ranks in this process (this is rank 0); collectives do not communicate."""
-    from torch.testing._internal.distributed.fake_pg import FakeStore
-
-    dist.init_process_group("fake", store=FakeStore(), rank=0, world_size=2)
-    try:
-        yield
-    finally:
-        dist.destroy_process_group()
-
-
 class TPMLP(nn.Module):
     """Two Megatron MLPs (column-wise up, row-wise down); silu after each so the backward reads the
     all-reduced activation."""
