@@ -1,9 +1,9 @@
 """The peak-memory model matches the step that actually runs.
 
 - the emulated schedule is the one the rewrite produces (same forward and backward node order);
-- the predicted peak equals the CPU allocator's measured peak on the codegen-free path (the graphs run
-  op by op, exactly what the model simulates), at every budget, and the measured peak does not grow
-  as the budget falls;
+- the predicted peak matches the CPU allocator's measured peak on the codegen-free path (the graphs run
+  op by op, exactly what the model simulates) at every budget, to the measured error of each model
+  (``TOLERANCE``), and the measured peak does not grow as the budget falls;
 - each kernel-scratch rule agrees with a measurement of that kernel.
 """
 
@@ -22,8 +22,10 @@ from autoremat.measure import cpu_peak_bytes
 from tests.models import ConvNet, Transformer
 
 BUDGETS = (1.0, 0.75, 0.5, 0.25, 0.1, 0.0)
-#: the issue's acceptance band; on the codegen-free path the model is exact in practice
-TOLERANCE = 0.10
+#: measured relative error of the predicted peak on the codegen-free path, with a little margin: the
+#: transformer is exact but for 4 bytes (7e-6); the convnet's prediction is 2.5% below the measured
+#: peak at every budget (20,740 bytes the model does not see around oneDNN's convolutions)
+TOLERANCE = {"tiny_lm": 1e-4, "convnet": 0.03}
 
 aten = torch.ops.aten
 
@@ -92,7 +94,10 @@ def test_predicted_peak_matches_measured_and_falls_with_the_budget(name):
     for budget in BUDGETS:
         autoremat.clear_plans()
         plan, measured, _ = _measure(model, inputs, budget)
-        assert plan.predicted_peak_bytes == pytest.approx(measured, rel=TOLERANCE), (budget, plan.summary())
+        assert plan.predicted_peak_bytes == pytest.approx(measured, rel=TOLERANCE[name]), (
+            budget,
+            plan.summary(),
+        )
         if plan.target_bytes is not None:
             assert plan.predicted_peak_bytes <= plan.target_bytes
         measured_peaks.append(measured)
