@@ -3,8 +3,9 @@
 One pass over the graph answers: which nodes the forward needs, which the backward computes (the
 tangent closure), which forward values the backward reads, what each node is (OpClass), how many bytes
 saving it costs (storages counted once: a view costs its base), and which user or safety constraints
-pin it (SAC tags, randomness, collectives, mutations). Sizes come from FakeTensor metadata and may be
-symbolic; they are evaluated with the shape environment's hints and never guarded on.
+pin it (SAC tags, randomness, collectives, mutations, readers of mutated inputs). Sizes come from
+FakeTensor metadata and may be symbolic; they are evaluated with the shape environment's hints and never
+guarded on.
 """
 
 from __future__ import annotations
@@ -150,11 +151,13 @@ def _backward_mutation_sources(graph: fx.Graph) -> set[fx.Node]:
 
 
 def _never_recompute_reason(
-    node: fx.Node, op_class: OpClass, forced_save: bool, tagged_recompute: bool
+    node: fx.Node, op_class: OpClass, forced_save: bool, tagged_recompute: bool, reads_mutated: bool
 ) -> str | None:
     """Why recomputing ``node`` would be wrong (or against the user's wishes); None if it is fine."""
     if node.op == "placeholder":
         return "graph input"
+    if reads_mutated:
+        return "reads a graph input that the forward mutates afterwards"
     if _recompute_tag(node) == _POLICY.MUST_SAVE or forced_save:
         return "tagged MUST_SAVE"
     if op_class is OpClass.COLLECTIVE and tagged_recompute:
@@ -219,7 +222,9 @@ def analyse(
             input_bytes = 0 if base in static_set else storage_bytes(key)
             nbytes = 0
         must_recompute = node in recompute_tagged
-        never = _never_recompute_reason(node, op_class, node in forced_save, must_recompute)
+        never = _never_recompute_reason(
+            node, op_class, node in forced_save, must_recompute, node in placement.reads_mutated_input
+        )
         if must_recompute and never is not None:
             notes.append(f"{node.name}: recompute tag ignored ({never}); its value is saved instead")
             must_recompute = False
