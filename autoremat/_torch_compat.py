@@ -11,6 +11,7 @@ import inspect
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import sympy
 import torch
 import torch.fx as fx
 import torch.utils._pytree as pytree
@@ -36,6 +37,7 @@ from torch._inductor.custom_graph_pass import CustomPartitionerFn, get_hash_for_
 from torch._inductor.decomposition import select_decomp_table
 from torch._logging import trace_structured
 from torch.fx.experimental.proxy_tensor import is_sym_node, py_sym_types
+from torch.utils._sympy.symbol import SymT, symbol_is_type
 from torch.utils.checkpoint import CheckpointPolicy
 
 try:  # torch >= 2.12 renamed hint_int to optimization_hint.
@@ -75,6 +77,7 @@ __all__ = [
     "get_hash_for_files",
     "graph_symbol_hints",
     "hint_int",
+    "unbacked_size_bounds",
     "inductor_cache_dir",
     "inductor_config",
     "inductor_mode_names",
@@ -110,13 +113,66 @@ torch_min_cut_partition = min_cut_rematerialization_partition
 collective_namespace = "_c10d_functional"
 
 
+def _backed_hints(shape_env: Any) -> dict[Any, Any]:
+    """Hints of the backed symbols (torch 2.13 renamed ``var_to_val`` to ``backed_var_to_val``)."""
+    hints = getattr(shape_env, "backed_var_to_val", None)
+    return shape_env.var_to_val if hints is None else hints
+
+
+def _is_unbacked(symbol: Any) -> bool:
+    """Whether ``symbol`` is an unbacked integer (``u0``: a size from ``nonzero``, an ``.item()``...)."""
+    return symbol_is_type(symbol, SymT.UNBACKED_INT)
+
+
+def unbacked_bound(shape_env: Any, symbol: Any) -> tuple[int, str]:
+    """The value autoremat plans an unbacked symbol at, and where it comes from.
+
+    An unbacked size has no hint: it is known only when the graph runs. Planning at a value below the
+    real one would under-count memory, so we plan at the symbol's upper bound from the shape
+    environment's value range when it is finite (``nonzero`` of ``n`` elements: ``n``). Otherwise no
+    bound exists (``.item()`` without ``torch._check``), and we use the size Inductor itself assumes
+    for unbacked symbols (``torch._inductor.config.unbacked_symint_fallback``), raised to the range's
+    lower bound. Both are named in the plan's notes (``unbacked_size_bounds``).
+    """
+    value_range = shape_env.var_to_range.get(symbol)
+    # an infinite end of a range is torch's int_oo, which is a sympy Number but not an Integer
+    upper = getattr(value_range, "upper", None)
+    lower = getattr(value_range, "lower", None)
+    if isinstance(upper, (int, sympy.Integer)):
+        return int(upper), f"its upper bound {int(upper)} (the shape environment's value range)"
+    fallback = int(inductor_config.unbacked_symint_fallback)
+    if isinstance(lower, (int, sympy.Integer)):
+        fallback = max(fallback, int(lower))
+    return fallback, (
+        f"{fallback}: it has no finite upper bound, so the size Inductor assumes for unbacked symbols "
+        "(torch._inductor.config.unbacked_symint_fallback)"
+    )
+
+
+def _substitute_unbacked(shape_env: Any, expr: Any) -> int:
+    """``expr`` with backed symbols at their hints and unbacked ones at ``unbacked_bound``."""
+    expr = sympy.sympify(expr).xreplace(shape_env.replacements)
+    backed = _backed_hints(shape_env)
+    values = {
+        s: sympy.Integer(unbacked_bound(shape_env, s)[0] if _is_unbacked(s) else int(backed[s]))
+        for s in expr.free_symbols
+    }
+    return int(expr.xreplace(values))
+
+
 def hint_int(value: Any, fallback: int = 4096) -> int:
     """Concrete value of a possibly symbolic int, using the shape env's hint and never guarding.
 
-    ``fallback`` is what torch's own partitioner assumes for unbacked sizes (no hint at all).
+    Unbacked symbols are planned at ``unbacked_bound`` (an upper bound when one is known), the same
+    value ``graph_symbol_hints`` gives the time model. ``fallback`` is for a value with no shape
+    environment to ask (torch's own partitioner assumes 4096 there).
     """
     if isinstance(value, int):
         return value
+    if isinstance(value, torch.SymInt):
+        node = value.node
+        if getattr(node, "_hint", None) is None and any(_is_unbacked(s) for s in node.expr.free_symbols):
+            return _substitute_unbacked(node.shape_env, node.expr)
     return int(_hint(value, fallback=fallback))
 
 
@@ -280,16 +336,37 @@ def torch_default_partition(
     return default_partition(joint_module, joint_inputs, **kwargs)
 
 
-def graph_symbol_hints(graph: fx.Graph) -> dict[Any, int]:
-    """Hint values of every size symbol of ``graph`` (from its shape environment; nothing is guarded)."""
+def _graph_shape_env(graph: fx.Graph) -> Any | None:
+    """The shape environment of ``graph``'s symbolic sizes, or None when every size is static."""
     for node in graph.nodes:
         for value in pytree.tree_leaves(node.meta.get("val")):
             sizes = value.shape if isinstance(value, torch.Tensor) else (value,)
             for size in sizes:
                 if isinstance(size, torch.SymInt):
-                    shape_env = size.node.shape_env
-                    return {s: int(v) for s, v in shape_env.var_to_val.items()}
-    return {}
+                    return size.node.shape_env
+    return None
+
+
+def unbacked_size_bounds(graph: fx.Graph) -> dict[Any, tuple[int, str]]:
+    """Every unbacked symbol of ``graph``'s shape environment: the value we plan it at, and why."""
+    shape_env = _graph_shape_env(graph)
+    if shape_env is None:
+        return {}
+    symbols = sorted((s for s in shape_env.var_to_range if _is_unbacked(s)), key=str)
+    return {s: unbacked_bound(shape_env, s) for s in symbols if s not in shape_env.replacements}
+
+
+def graph_symbol_hints(graph: fx.Graph) -> dict[Any, int]:
+    """Values of every size symbol of ``graph`` (from its shape environment; nothing is guarded):
+    backed symbols at their hints, unbacked ones at ``unbacked_bound``."""
+    shape_env = _graph_shape_env(graph)
+    if shape_env is None:
+        return {}
+    hints = {s: int(v) for s, v in _backed_hints(shape_env).items()}
+    for symbol in shape_env.var_to_range:
+        if _is_unbacked(symbol) and symbol not in hints:
+            hints[symbol] = _substitute_unbacked(shape_env, symbol)
+    return hints
 
 
 def inductor_cache_dir() -> str:

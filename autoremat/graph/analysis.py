@@ -5,7 +5,8 @@ tangent closure), which forward values the backward reads, what each node is (Op
 saving it costs (storages counted once: a view costs its base), and which user or safety constraints
 pin it (SAC tags, randomness, collectives, mutations, readers of mutated inputs). Sizes come from
 FakeTensor metadata and may be symbolic; they are evaluated with the shape environment's hints and never
-guarded on.
+guarded on. An unbacked size (``nonzero``, ``.item()``) has no hint: it is planned at a bound
+(``_torch_compat.unbacked_bound``: its upper bound when finite), and the plan's notes say which.
 """
 
 from __future__ import annotations
@@ -229,6 +230,8 @@ def analyse(
             notes.append(f"{node.name}: recompute tag ignored ({never}); its value is saved instead")
             must_recompute = False
         facts[node] = NodeFacts(op_class, nbytes, unsaveable, never, must_recompute, base, input_bytes)
+    for symbol, (_, why) in compat.unbacked_size_bounds(graph).items():
+        notes.append(f"unbacked size {symbol} planned at {why}")
     for note in notes:
         log.debug("autoremat: %s", note)
     return JointGraphAnalysis(
