@@ -13,8 +13,11 @@ produces:
 Memory is counted per storage: a view or ``getitem`` aliases its base, a multi-output op allocates all
 its outputs at once. A storage is allocated when its producer runs and freed after its last use in the
 same module. Saved values live from their producer to their last backward use; the user's forward
-outputs (e.g. the loss) and the backward's outputs (gradients) live to the end of the step. Graph
-inputs (parameters, buffers, user inputs, tangents) are not counted: they exist before the step.
+outputs (e.g. the loss) and the backward's outputs (gradients) live to the end of the step. The
+forward's graph inputs (parameters, buffers, user inputs) are not counted: they exist before the step.
+The tangents (incoming gradients) are: autograd creates them during the step, after the forward, and a
+compiled block that is not the last one receives a gradient as large as its output. They are live from
+the start of the backward to their last use there (``backward_live_in``).
 While a node runs, its kernel's scratch memory counts too (``workspace.py``). Which storage a value
 lives in is decided by ``graph/storage.py``, the aliasing model the solvers' byte charges use too.
 
@@ -36,7 +39,7 @@ from autoremat import _torch_compat as compat
 from autoremat.cost_models.workspace import workspace_bytes
 from autoremat.graph.analysis import JointGraphAnalysis
 from autoremat.graph.placement import ancestors
-from autoremat.graph.storage import StorageKey, node_allocations, storage_of
+from autoremat.graph.storage import StorageKey, node_allocations, storage_of, tensor_bytes
 
 
 @dataclass(frozen=True)
@@ -161,6 +164,20 @@ def live_profile(
     return profile, live
 
 
+def tangent_storages(analysis: JointGraphAnalysis) -> dict[StorageKey, int]:
+    """Bytes of each incoming gradient (a tangent placeholder owns its storage)."""
+    tangents = (n for n in analysis.facts if n.op == "placeholder" and compat.is_tangent(n))
+    return {(n, None): nbytes for n in tangents if (nbytes := tensor_bytes(n.meta.get("val")))}
+
+
+def backward_live_in(
+    analysis: JointGraphAnalysis, forward_live: dict[StorageKey, int]
+) -> dict[StorageKey, int]:
+    """Storages alive when the backward starts: what the forward left alive, plus the tangents, which
+    autograd has created by then (a tangent nothing reads is freed before the backward's first node)."""
+    return {**forward_live, **tangent_storages(analysis)}
+
+
 def predict_peak(analysis: JointGraphAnalysis, schedule: StepSchedule) -> PeakReport:
     """Peak live activation bytes of ``schedule`` (see the module docstring for what counts)."""
     memo: dict[fx.Node, StorageKey] = {}
@@ -169,7 +186,7 @@ def predict_peak(analysis: JointGraphAnalysis, schedule: StepSchedule) -> PeakRe
     held = {storage_of(n, memo) for n in schedule.fwd_outputs}
     forward_end = sum(live.values())
     bwd_keep = held | {storage_of(n, memo) for n in schedule.bwd_outputs}
-    bwd_profile, _ = live_profile(schedule.backward, live, bwd_keep, memo)
+    bwd_profile, _ = live_profile(schedule.backward, backward_live_in(analysis, live), bwd_keep, memo)
     fwd_peak, fwd_at = _peak(fwd_profile, schedule.forward)
     bwd_peak, bwd_at = _peak(bwd_profile, schedule.backward)
     fwd_peak = max(fwd_peak, forward_end)

@@ -8,7 +8,8 @@ MUST_RECOMPUTE nodes are never saved. Memory comes from the liveness model
 - **backward**: positions are the backward's own nodes (the *spine*) in schedule order. A saved storage
   is live from the start of the backward to its last use ``save_last``; a recomputed value from just
   before its first use to its last use (``first``/``last``, measured through the recompute chains the
-  reference plan implies); the spine's own values give a fixed profile ``bwd_base``.
+  reference plan implies); the spine's own values and the tangents (live from the backward's start to
+  their last use, as the liveness model counts them) give a fixed profile ``bwd_base``.
 - **forward**: a saved storage stays live after its last forward use ``fwd_release``; the forward's own
   transients give a fixed profile ``fwd_base``.
 
@@ -28,7 +29,7 @@ from dataclasses import dataclass, replace
 import torch.fx as fx
 
 from autoremat.cost_models import GraphCosts
-from autoremat.cost_models.liveness import StepSchedule, live_profile, step_schedule
+from autoremat.cost_models.liveness import StepSchedule, backward_live_in, live_profile, step_schedule
 from autoremat.graph.analysis import JointGraphAnalysis
 from autoremat.graph.placement import ancestors
 from autoremat.graph.storage import StorageKey, node_allocations, storage_of
@@ -75,7 +76,8 @@ def build_problem(
     spine = [n for n in full.backward if n not in index]
     keep_bwd = {storage_of(n, memo) for n in (*full.fwd_outputs, *full.bwd_outputs)}
     held = {storage_of(n, memo): b for n in full.fwd_outputs for _, b in node_allocations(n)}
-    bwd_base, _ = live_profile(spine, held, keep_bwd, memo)
+    # the tangents are live from the backward's start to their last use, as in the simulation
+    bwd_base, _ = live_profile(spine, backward_live_in(analysis, held), keep_bwd, memo)
 
     forward = [n for n in candidates if analysis.is_forward(n)]
     fwd_keep = {storage_of(n, memo) for n in full.fwd_outputs}
@@ -106,7 +108,7 @@ def build_problem(
         fwd_base=tuple(fwd_base),
         save_extra_end=tuple(_backward_only_chains(analysis, candidates, index)),
     )
-    bwd_fix = _burst_correction(problem, full, index, memo)
+    bwd_fix = _burst_correction(analysis, problem, full, index, memo)
     fwd_fix = _forward_correction(problem, full, forward, index, memo)
     problem = replace(
         problem,
@@ -248,6 +250,7 @@ def _storage_groups(
 
 
 def _burst_correction(
+    analysis: JointGraphAnalysis,
     problem: BudgetProblem,
     full: StepSchedule,
     index: dict[fx.Node, int],
@@ -263,7 +266,7 @@ def _burst_correction(
     fwd_keep = {storage_of(n, memo) for n in (*full.saved, *full.fwd_outputs)}
     _, live = live_profile(full.forward, {}, fwd_keep, memo)
     bwd_keep = {storage_of(n, memo) for n in (*full.fwd_outputs, *full.bwd_outputs)}
-    simulated, _ = live_profile(full.backward, live, bwd_keep, memo)
+    simulated, _ = live_profile(full.backward, backward_live_in(analysis, live), bwd_keep, memo)
     saved = {index[n] for n in full.saved if n in index}
     modelled = modelled_backward(problem, saved)
     correction: list[int] = []
