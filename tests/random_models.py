@@ -4,6 +4,19 @@ A model is a list of steps over a pool of values shaped (B, T, D); every step re
 values and appends one. The ops cover what transformer and MLP training graphs contain: linear/matmul,
 pointwise, reductions, views/reshapes/transposes, layer norm, softmax, SDPA, residual adds, in-place
 updates and dropout.
+
+``model_specs(extended=True)`` adds the hazards of issue 14 (item 12), each of which once gave wrong
+gradients or a silent fallback:
+
+- random values only the backward reads (a custom ``autograd.Function`` saving ``rand_like`` noise);
+- a graph input (``aux``, the model's second argument) read, then mutated in place;
+- saved chunks of multi-output views (``chunk``, ``unbind``);
+- bf16 autocast around the whole forward;
+- graph breaks (several compiled graphs; every graph but the last receives a full-size gradient).
+
+Its random draws are plain ``aten.rand`` (``rand_like``) in a fixed order, which eager PyTorch and the
+codegen-free graphs draw identically, so such models are compared with eager directly. (``F.dropout``,
+the ``dropout`` op, is left out there: the codegen-free path decomposes it into different draws.)
 """
 
 from __future__ import annotations
@@ -33,6 +46,32 @@ UNARY = (
     "exp_clamped",
 )
 BINARY = ("add", "mul", "sdpa")
+#: ops only ``model_specs(extended=True)`` generates (see the module docstring)
+EXTENDED = (
+    "noise_for_backward",
+    "rand_dropout",
+    "mutate_aux",
+    "chunk_mix",
+    "unbind_mix",
+    "graph_break",
+)
+#: the ``dropout`` op's draws differ between eager and the codegen-free path (issue 14 item 3)
+NOT_EAGER_REPRODUCIBLE = ("dropout",)
+
+
+class SaveNoise(torch.autograd.Function):
+    """Draws noise in the forward that only the backward reads (as a custom op might)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        noise = torch.rand_like(x)
+        ctx.save_for_backward(noise)
+        return x * 2
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        (noise,) = ctx.saved_tensors
+        return grad * noise
 
 
 @dataclass(frozen=True)
@@ -48,6 +87,8 @@ class ModelSpec:
     dim: int
     steps: tuple[Step, ...]
     dropout_p: float
+    #: run the forward under CPU bf16 autocast
+    autocast: bool = False
 
     @property
     def has_dropout(self) -> bool:
@@ -55,8 +96,12 @@ class ModelSpec:
 
 
 @st.composite
-def model_specs(draw: st.DrawFn, max_steps: int = 8, allow_dropout: bool = True) -> ModelSpec:
+def model_specs(
+    draw: st.DrawFn, max_steps: int = 8, allow_dropout: bool = True, extended: bool = False
+) -> ModelSpec:
     ops = UNARY + BINARY if allow_dropout else tuple(o for o in UNARY + BINARY if o != "dropout")
+    if extended:
+        ops = tuple(o for o in ops if o not in NOT_EAGER_REPRODUCIBLE) + EXTENDED
     n = draw(st.integers(1, max_steps))
     steps = []
     for i in range(n):
@@ -71,6 +116,7 @@ def model_specs(draw: st.DrawFn, max_steps: int = 8, allow_dropout: bool = True)
         dim=draw(st.sampled_from((2, 4, 6, 8))),
         steps=tuple(steps),
         dropout_p=draw(st.sampled_from((0.25, 0.5))),
+        autocast=extended and draw(st.booleans()),
     )
 
 
@@ -90,17 +136,40 @@ class RandomModel(nn.Module):
                 shape = (d, d) if step.op == "matmul" else (d,)
                 self.weights[str(i)] = nn.Parameter(torch.randn(shape) / d**0.5)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        s = self.spec
-        pool = [x]
-        for i, step in enumerate(s.steps):
-            a = pool[step.inputs[0]]
-            b = pool[step.inputs[1]] if len(step.inputs) > 1 else None
-            pool.append(self._apply(i, step.op, a, b))
-        return sum(v.float().square().mean() for v in pool[1:]) + pool[-1].sum()
+    def forward(self, x: torch.Tensor, aux: torch.Tensor | None = None) -> torch.Tensor:
+        """``aux`` (shaped like ``x``, no gradient) is the input ``mutate_aux`` steps read and mutate."""
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.spec.autocast):
+            s = self.spec
+            pool = [x]
+            for i, step in enumerate(s.steps):
+                a = pool[step.inputs[0]]
+                b = pool[step.inputs[1]] if len(step.inputs) > 1 else None
+                pool.append(self._apply(i, step.op, a, b, aux))
+            return sum(v.float().square().mean() for v in pool[1:]) + pool[-1].float().sum()
 
-    def _apply(self, i: int, op: str, a: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
+    def _apply(
+        self, i: int, op: str, a: torch.Tensor, b: torch.Tensor | None, aux: torch.Tensor | None
+    ) -> torch.Tensor:
         s, key = self.spec, str(i)
+        if op == "noise_for_backward":
+            return SaveNoise.apply(a)
+        if op == "rand_dropout":  # dropout from one plain rand_like draw (reproducible, see above)
+            keep = torch.rand_like(a) >= s.dropout_p
+            return a * keep / (1 - s.dropout_p)
+        if op == "mutate_aux":  # read the input, then overwrite it (the backward must not re-read it)
+            assert aux is not None, "mutate_aux needs the model's second input"
+            y = a * torch.sin(aux).to(a.dtype)
+            aux.mul_(-0.5)
+            return y
+        if op == "chunk_mix":  # the backward reads chunks of a multi-output view
+            first, second = a.chunk(2, dim=-1)
+            return torch.cat([first * second, second.tanh()], dim=-1)
+        if op == "unbind_mix":
+            rows = a.unbind(1)
+            return torch.stack([r * rows[0] for r in rows], dim=1)
+        if op == "graph_break":
+            torch._dynamo.graph_break()
+            return a.cos()
         if op in ("linear", "layernorm"):
             return self.layers[key](a)
         if op == "matmul":
