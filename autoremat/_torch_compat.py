@@ -67,6 +67,7 @@ __all__ = [
     "CheckpointPolicy",
     "CustomPartitionerFn",
     "aot_autograd",
+    "bare_size_symbol",
     "boxed_nop",
     "collective_namespace",
     "compile_fx",
@@ -76,8 +77,9 @@ __all__ = [
     "fx_graph_cse",
     "get_hash_for_files",
     "graph_symbol_hints",
-    "hint_int",
-    "unbacked_size_bounds",
+    "planned_int",
+    "planned_size",
+    "planned_sizes",
     "inductor_cache_dir",
     "inductor_config",
     "inductor_mode_names",
@@ -132,7 +134,7 @@ def unbacked_bound(shape_env: Any, symbol: Any) -> tuple[int, str]:
     environment's value range when it is finite (``nonzero`` of ``n`` elements: ``n``). Otherwise no
     bound exists (``.item()`` without ``torch._check``), and we use the size Inductor itself assumes
     for unbacked symbols (``torch._inductor.config.unbacked_symint_fallback``), raised to the range's
-    lower bound. Both are named in the plan's notes (``unbacked_size_bounds``).
+    lower bound. Both are named in the plan's notes (``planned_sizes``).
     """
     value_range = shape_env.var_to_range.get(symbol)
     # an infinite end of a range is torch's int_oo, which is a sympy Number but not an Integer
@@ -149,30 +151,52 @@ def unbacked_bound(shape_env: Any, symbol: Any) -> tuple[int, str]:
     )
 
 
-def _substitute_unbacked(shape_env: Any, expr: Any) -> int:
-    """``expr`` with backed symbols at their hints and unbacked ones at ``unbacked_bound``."""
+def _finite(bound: Any) -> int | None:
+    """An end of a value range as an int, or None when it is infinite (torch's ``int_oo``, a sympy
+    Number that is not an Integer)."""
+    return int(bound) if isinstance(bound, (int, sympy.Integer)) else None
+
+
+def planned_size(shape_env: Any, symbol: Any) -> tuple[int, str]:
+    """The value autoremat plans memory at for one size symbol, and why (for the plan's notes).
+
+    Memory is planned at the largest size the graph can see, so that a byte budget holds for every
+    size the compiled graph serves: a backed symbol with a declared finite maximum
+    (``torch._dynamo.mark_dynamic(x, dim, max=N)``, or a guard such as ``s0 <= N``) is planned at that
+    maximum; one without a maximum at its hint (the size seen when compiling: the plan says so, and
+    the backend warns once when a larger size arrives); an unbacked one at ``unbacked_bound``.
+    """
+    if _is_unbacked(symbol):
+        return unbacked_bound(shape_env, symbol)
+    hint = int(_backed_hints(shape_env)[symbol])
+    value_range = shape_env.var_to_range.get(symbol)
+    upper = _finite(getattr(value_range, "upper", None))
+    if upper is not None and upper > hint:
+        return upper, f"its declared maximum {upper} (hint {hint})"
+    if upper is not None:
+        return hint, f"{hint}, its only value"
+    return hint, f"its hint {hint}: no maximum was declared, so larger sizes exceed what was planned"
+
+
+def _planned_value(shape_env: Any, expr: Any) -> int:
+    """``expr`` with every symbol at ``planned_size``."""
     expr = sympy.sympify(expr).xreplace(shape_env.replacements)
-    backed = _backed_hints(shape_env)
-    values = {
-        s: sympy.Integer(unbacked_bound(shape_env, s)[0] if _is_unbacked(s) else int(backed[s]))
-        for s in expr.free_symbols
-    }
+    values = {s: sympy.Integer(planned_size(shape_env, s)[0]) for s in expr.free_symbols}
     return int(expr.xreplace(values))
 
 
-def hint_int(value: Any, fallback: int = 4096) -> int:
-    """Concrete value of a possibly symbolic int, using the shape env's hint and never guarding.
-
-    Unbacked symbols are planned at ``unbacked_bound`` (an upper bound when one is known), the same
-    value ``graph_symbol_hints`` gives the time model. ``fallback`` is for a value with no shape
-    environment to ask (torch's own partitioner assumes 4096 there).
-    """
+def planned_int(value: Any, fallback: int = 4096) -> int:
+    """Concrete value of a possibly symbolic size for memory planning (``planned_size`` for each
+    symbol), never guarding. ``fallback`` is for a value with no shape environment to ask (torch's own
+    partitioner assumes 4096 there)."""
     if isinstance(value, int):
         return value
     if isinstance(value, torch.SymInt):
         node = value.node
-        if getattr(node, "_hint", None) is None and any(_is_unbacked(s) for s in node.expr.free_symbols):
-            return _substitute_unbacked(node.shape_env, node.expr)
+        try:
+            return _planned_value(node.shape_env, node.expr)
+        except (KeyError, TypeError, AttributeError):  # a symbol the shape env cannot place: hint it
+            pass
     return int(_hint(value, fallback=fallback))
 
 
@@ -347,13 +371,26 @@ def _graph_shape_env(graph: fx.Graph) -> Any | None:
     return None
 
 
-def unbacked_size_bounds(graph: fx.Graph) -> dict[Any, tuple[int, str]]:
-    """Every unbacked symbol of ``graph``'s shape environment: the value we plan it at, and why."""
+def bare_size_symbol(value: Any) -> Any | None:
+    """The symbol of a SymInt that is exactly one backed size symbol (``s0``), else None."""
+    if not isinstance(value, torch.SymInt):
+        return None
+    expr = value.node.expr
+    if isinstance(expr, sympy.Symbol) and not _is_unbacked(expr):
+        return expr
+    return None
+
+
+def planned_sizes(graph: fx.Graph) -> dict[Any, tuple[int, str]]:
+    """Every size symbol of ``graph``'s shape environment (backed and unbacked, after replacements):
+    the value memory is planned at, and why."""
     shape_env = _graph_shape_env(graph)
     if shape_env is None:
         return {}
-    symbols = sorted((s for s in shape_env.var_to_range if _is_unbacked(s)), key=str)
-    return {s: unbacked_bound(shape_env, s) for s in symbols if s not in shape_env.replacements}
+    symbols = set(_backed_hints(shape_env)) | {s for s in shape_env.var_to_range if _is_unbacked(s)}
+    return {
+        s: planned_size(shape_env, s) for s in sorted(symbols, key=str) if s not in shape_env.replacements
+    }
 
 
 def graph_symbol_hints(graph: fx.Graph) -> dict[Any, int]:
@@ -365,7 +402,7 @@ def graph_symbol_hints(graph: fx.Graph) -> dict[Any, int]:
     hints = {s: int(v) for s, v in _backed_hints(shape_env).items()}
     for symbol in shape_env.var_to_range:
         if _is_unbacked(symbol) and symbol not in hints:
-            hints[symbol] = _substitute_unbacked(shape_env, symbol)
+            hints[symbol] = unbacked_bound(shape_env, symbol)[0]
     return hints
 
 

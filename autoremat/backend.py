@@ -8,7 +8,9 @@ lazily, on the first backward call, long after any ``with`` block has exited.
 
 from __future__ import annotations
 
+import functools
 import logging
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -45,7 +47,55 @@ def compile_graph(gm: fx.GraphModule, example_inputs: Sequence[Any], options: Re
     compiled = _compile(gm, example_inputs, options, partitioner)
     if partitioner.graph_key:
         _store_or_replay(partitioner.graph_key, plan_module.recorded_since(before))
-    return compiled
+    return _watch_sizes(compiled, example_inputs, options)
+
+
+def _watch_sizes(compiled: CompiledFn, example_inputs: Sequence[Any], options: RematOptions) -> CompiledFn:
+    """Warn once if a dynamic size arrives above the one memory was planned at.
+
+    A byte budget (or ``"auto"``) is planned at each size symbol's declared maximum, or, without one,
+    at the size seen when compiling (``_torch_compat.planned_size``; the plan's notes say which). A
+    larger size reuses the same compiled graphs, and its peak can exceed the budget: the user must
+    hear it, once, without paying more than a few integer comparisons per call.
+    """
+    if options.memory_budget.kind not in ("bytes", "auto"):
+        return compiled  # a fraction promises a place between two plans, not a number of bytes
+    limits = _planned_size_inputs(example_inputs)
+    if not limits:
+        return compiled
+    warned = False
+
+    def run(*args: Any) -> Any:
+        nonlocal warned
+        if not warned:
+            # called with the inputs, or with one list of them (AOTAutograd's boxed convention)
+            values = args[0] if len(args) == 1 and isinstance(args[0], list) else args
+            for index, (symbol, planned) in limits.items():
+                if index < len(values) and isinstance(values[index], int) and values[index] > planned:
+                    warned = True
+                    warnings.warn(
+                        f"autoremat: size {symbol}={values[index]} is above the {planned} that "
+                        f"memory_budget={options.memory_budget.describe()} was planned at; the step's "
+                        "peak may exceed the budget (declare a maximum with torch._dynamo.mark_dynamic("
+                        "tensor, dim, max=...) to plan for it)",
+                        stacklevel=2,
+                    )
+                    break
+        return compiled(*args)
+
+    return functools.update_wrapper(run, compiled)
+
+
+def _planned_size_inputs(example_inputs: Sequence[Any]) -> dict[int, tuple[str, int]]:
+    """Graph inputs that are a bare size symbol (Dynamo passes each dynamic size as one): input index
+    → (symbol, the value memory was planned at)."""
+    limits: dict[int, tuple[str, int]] = {}
+    for index, value in enumerate(example_inputs):
+        symbol = compat.bare_size_symbol(value)
+        if symbol is not None:
+            planned, _ = compat.planned_size(value.node.shape_env, symbol)
+            limits[index] = (str(symbol), planned)
+    return limits
 
 
 def _store_or_replay(key: str, made: list[plan_module.Plan]) -> None:

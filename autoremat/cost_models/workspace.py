@@ -43,7 +43,7 @@ def _padded_bytes(node: object) -> int:
     value = node.meta.get("val") if isinstance(node, fx.Node) else None
     if not isinstance(value, torch.Tensor) or value.dim() < 3:
         return _bytes(node)
-    channels = compat.hint_int(value.shape[1])
+    channels = compat.planned_int(value.shape[1])
     padded = -(-channels // _CHANNEL_BLOCK) * _CHANNEL_BLOCK
     return _bytes(node) * padded // max(channels, 1)
 
@@ -51,7 +51,7 @@ def _padded_bytes(node: object) -> int:
 def _bytes(node: object) -> int:
     value = node.meta.get("val") if isinstance(node, fx.Node) else None
     if isinstance(value, torch.Tensor):
-        return compat.hint_int(value.numel()) * value.dtype.itemsize
+        return compat.planned_int(value.numel()) * value.dtype.itemsize
     return 0
 
 
@@ -73,7 +73,7 @@ def _score_block_bytes(query: fx.Node, key: fx.Node) -> int:
     q, k = query.meta.get("val"), key.meta.get("val")
     if not isinstance(q, torch.Tensor) or not isinstance(k, torch.Tensor) or q.dim() < 2:
         return 0
-    q_rows, kv_rows = compat.hint_int(q.shape[-2]), compat.hint_int(k.shape[-2])
+    q_rows, kv_rows = compat.planned_int(q.shape[-2]), compat.planned_int(k.shape[-2])
     return torch.get_num_threads() * _q_split(q_rows) * min(kv_rows, _KV_SPLIT) * _FP32
 
 
@@ -91,6 +91,6 @@ def workspace_bytes(node: fx.Node) -> int:
     if target is aten._scaled_dot_product_flash_attention_for_cpu_backward.default:
         query = args[1]
         q = query.meta.get("val") if isinstance(query, fx.Node) else None
-        grad_q = compat.hint_int(q.numel()) * _FP32 if isinstance(q, torch.Tensor) else 0
+        grad_q = compat.planned_int(q.numel()) * _FP32 if isinstance(q, torch.Tensor) else 0
         return 2 * _score_block_bytes(args[1], args[2]) + grad_q
     return 0

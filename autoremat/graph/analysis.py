@@ -230,8 +230,8 @@ def analyse(
             notes.append(f"{node.name}: recompute tag ignored ({never}); its value is saved instead")
             must_recompute = False
         facts[node] = NodeFacts(op_class, nbytes, unsaveable, never, must_recompute, base, input_bytes)
-    for symbol, (_, why) in compat.unbacked_size_bounds(graph).items():
-        notes.append(f"unbacked size {symbol} planned at {why}")
+    for symbol, (_, why) in compat.planned_sizes(graph).items():
+        notes.append(f"size {symbol} planned at {why}")
     for note in notes:
         log.debug("autoremat: %s", note)
     return JointGraphAnalysis(

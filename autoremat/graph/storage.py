@@ -25,7 +25,7 @@ StorageKey = tuple[fx.Node, int | None]
 def tensor_bytes(value: object) -> int:
     """Bytes of a (possibly symbolic) tensor at its hinted size; 0 for anything else."""
     if isinstance(value, torch.Tensor):
-        return compat.hint_int(value.numel()) * value.dtype.itemsize
+        return compat.planned_int(value.numel()) * value.dtype.itemsize
     return 0
 
 
