@@ -14,9 +14,9 @@ gradients or a silent fallback:
 - bf16 autocast around the whole forward;
 - graph breaks (several compiled graphs; every graph but the last receives a full-size gradient).
 
-Its random draws are plain ``aten.rand`` (``rand_like``) in a fixed order, which eager PyTorch and the
-codegen-free graphs draw identically, so such models are compared with eager directly. (``F.dropout``,
-the ``dropout`` op, is left out there: the codegen-free path decomposes it into different draws.)
+Its random draws (``rand_like``, and ``F.dropout``, which the codegen-free path traces as eager's own
+``bernoulli`` draw) come in a fixed order that eager PyTorch and the codegen-free graphs draw
+identically, so such models are compared with eager directly.
 """
 
 from __future__ import annotations
@@ -55,8 +55,9 @@ EXTENDED = (
     "unbind_mix",
     "graph_break",
 )
-#: the ``dropout`` op's draws differ between eager and the codegen-free path (issue 14 item 3)
-NOT_EAGER_REPRODUCIBLE = ("dropout",)
+#: ops whose random draws differ between eager and the codegen-free path (none since that path
+#: traces random ops as eager's kernels; the hook stays for ops a future torch decomposes differently)
+NOT_EAGER_REPRODUCIBLE: tuple[str, ...] = ()
 
 
 class SaveNoise(torch.autograd.Function):

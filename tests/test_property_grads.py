@@ -3,8 +3,8 @@
 The models include the hazards of issue 14 (random values only the backward reads, inputs mutated
 after use, saved chunks of multi-output views, bf16 autocast, graph breaks; ``random_models.py``).
 The reference is eager PyTorch itself, never torch's own partitioners (which share our placement and
-so its mistakes): the generated random draws are plain ``rand_like`` in a fixed order, which eager and
-the codegen-free graphs draw identically.
+so its mistakes): the generated random draws (``rand_like``, ``F.dropout``) come in a fixed order,
+which eager and the codegen-free graphs draw identically.
 """
 
 from __future__ import annotations
