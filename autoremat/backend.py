@@ -50,6 +50,13 @@ def compile_graph(gm: fx.GraphModule, example_inputs: Sequence[Any], options: Re
     return _watch_sizes(compiled, example_inputs, options)
 
 
+def _budget_below_one(options: RematOptions) -> bool:
+    """Whether the budget asks for less memory than the runtime-optimal plan: only then does Inductor
+    get the settings that make its peak follow the plan (at budget 1.0 it runs exactly as torch's)."""
+    budget = options.memory_budget
+    return not (budget.kind == "fraction" and budget.value >= 1.0)
+
+
 def _watch_sizes(compiled: CompiledFn, example_inputs: Sequence[Any], options: RematOptions) -> CompiledFn:
     """Warn once if a dynamic size arrives above the one memory was planned at.
 
@@ -118,7 +125,8 @@ def _compile(
         return codegen_free_backend(partitioner)(gm, example_inputs)
     patches: dict[str, Any] = {
         **compat.inductor_mode_options(options.mode),
-        **dict(options.inductor_options),
+        **(compat.inductor_peak_patches() if _budget_below_one(options) else {}),
+        **dict(options.inductor_options),  # the user's own Inductor settings win
         "custom_partitioner_fn": partitioner,
     }
     return compat.compile_fx(gm, example_inputs, config_patches=patches)

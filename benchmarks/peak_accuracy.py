@@ -14,6 +14,7 @@ what the liveness model simulates; under Inductor, fusion removes transients, so
 from __future__ import annotations
 
 import argparse
+import ast
 import json
 
 import torch
@@ -23,7 +24,14 @@ from benchmarks.models import PROFILES
 BUDGETS = (1.0, 0.75, 0.5, 0.25, 0.1, 0.0)
 
 
-def measure(model_name: str, profile: str, compiler: str, budget: float, device: torch.device) -> dict:
+def measure(
+    model_name: str,
+    profile: str,
+    compiler: str,
+    budget: float,
+    device: torch.device,
+    options: dict | None = None,
+) -> dict:
     import autoremat
     from autoremat.measure import cpu_peak_bytes
     from benchmarks.models import case_by_name
@@ -34,7 +42,8 @@ def measure(model_name: str, profile: str, compiler: str, budget: float, device:
     batch = case.batch(device)
     torch.compiler.reset()
     before = autoremat.plan.recorded_count()
-    compiled = torch.compile(model, backend=autoremat.backend(memory_budget=budget, compiler=compiler))
+    backend = autoremat.backend(memory_budget=budget, compiler=compiler, **(options or {}))
+    compiled = torch.compile(model, backend=backend)
     compiled(*batch).backward()  # compile
     plans = autoremat.plan.recorded_since(before)
     model.zero_grad(set_to_none=True)
@@ -99,15 +108,23 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--models", nargs="+", default=None)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--json", default=None, help="also write the rows to this JSON file")
+    parser.add_argument(
+        "--option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="an autoremat or Inductor option for every case, e.g. allow_buffer_reuse=True (repeatable)",
+    )
     args = parser.parse_args(argv)
+    options = {k: ast.literal_eval(v) for k, v in (o.split("=", 1) for o in args.option)}
     names = args.models or [c.name for c in suite(args.profile)]
     rows = []
     for name in names:
         for compiler in args.compiler:
             for budget in BUDGETS:
-                rows.append(measure(name, args.profile, compiler, budget, torch.device(args.device)))
+                rows.append(measure(name, args.profile, compiler, budget, torch.device(args.device), options))
                 print(json.dumps(rows[-1]), flush=True)
-    print(f"\ntorch {torch.__version__}, device {args.device}, profile {args.profile}\n")
+    print(f"\ntorch {torch.__version__}, device {args.device}, profile {args.profile}, options {options}\n")
     print(table(rows))
     if args.json:
         with open(args.json, "w") as f:
