@@ -99,6 +99,29 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def comparison(rows: list[dict], reference: list[dict], slack: float = 1.02) -> str:
+    """Measured peaks of ``rows`` next to a reference run of the same cases (e.g. another Inductor
+    setting), with the ratio and whether ``rows`` stay non-increasing as the budget falls."""
+    ref = {(r["model"], r["compiler"], r["budget"]): r["measured_peak"] for r in reference}
+    lines = [
+        "| model | budget | reference measured MiB | measured MiB | measured/reference | "
+        f"non-increasing ({slack - 1:.0%} slack) |",
+        "|---|---:|---:|---:|---:|---|",
+    ]
+    previous: dict[tuple[str, str], int] = {}
+    for r in rows:
+        key = (r["model"], r["compiler"])
+        before = ref.get((r["model"], r["compiler"], r["budget"]))
+        ok = "" if key not in previous else ("yes" if r["measured_peak"] <= previous[key] * slack else "NO")
+        previous[key] = r["measured_peak"]
+        measured = r["measured_peak"]
+        ref_mib = "" if before is None else f"{before / 2**20:.3f}"
+        ratio = "" if before is None else f"{measured / before:.3f}"
+        mib = f"{measured / 2**20:.3f}"
+        lines.append(f"| {r['model']} | {r['budget']:g} | {ref_mib} | {mib} | {ratio} | {ok} |")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> None:
     from benchmarks.models import suite
 
@@ -115,8 +138,18 @@ def main(argv: list[str] | None = None) -> None:
         metavar="KEY=VALUE",
         help="an autoremat or Inductor option for every case, e.g. allow_buffer_reuse=True (repeatable)",
     )
+    parser.add_argument("--from-json", default=None, help="print an earlier run's tables, measure nothing")
+    parser.add_argument("--against", default=None, help="JSON of a reference run to compare peaks with")
     args = parser.parse_args(argv)
     options = {k: ast.literal_eval(v) for k, v in (o.split("=", 1) for o in args.option)}
+    if args.from_json:
+        with open(args.from_json) as f:
+            rows = json.load(f)
+        print(table(rows))
+        if args.against:
+            with open(args.against) as f:
+                print("\n" + comparison(rows, json.load(f)))
+        return
     names = args.models or [c.name for c in suite(args.profile)]
     rows = []
     for name in names:
@@ -126,6 +159,9 @@ def main(argv: list[str] | None = None) -> None:
                 print(json.dumps(rows[-1]), flush=True)
     print(f"\ntorch {torch.__version__}, device {args.device}, profile {args.profile}, options {options}\n")
     print(table(rows))
+    if args.against:
+        with open(args.against) as f:
+            print("\n" + comparison(rows, json.load(f)))
     if args.json:
         with open(args.json, "w") as f:
             json.dump(rows, f, indent=1)
