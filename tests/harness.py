@@ -65,3 +65,17 @@ def capture_joint(model: nn.Module, *inputs: torch.Tensor) -> CapturedJoint:
     """The single joint graph of ``model(*inputs)``."""
     (joint,) = capture_joint_graphs(model, *inputs)
     return joint
+
+
+def assert_small_step_matches_eager(backend, caplog) -> None:
+    """A small MLP's training step through ``backend`` equals eager's, with autoremat's warnings
+    captured in ``caplog`` (the step must survive whatever failure a test injected)."""
+    import logging
+
+    from tests.models import MLP
+
+    model = MLP(d=8)
+    x = torch.randn(2, 8, requires_grad=True)
+    with caplog.at_level(logging.WARNING, logger="autoremat"):
+        got = compiled_step(model, backend, (x,))
+    assert_steps_match(got, train_step(model, model, (x,)), EAGER_TOL)

@@ -17,7 +17,14 @@ from autoremat import partitioner as partitioner_module
 from autoremat.graph.op_classes import OpClass, classify
 from autoremat.options import resolve_options
 from autoremat.partitioner import RematPartitioner
-from tests.harness import BF16_TOL, EAGER_TOL, assert_steps_match, compiled_step, train_step
+from tests.harness import (
+    BF16_TOL,
+    EAGER_TOL,
+    assert_small_step_matches_eager,
+    assert_steps_match,
+    compiled_step,
+    train_step,
+)
 from tests.models import MLP, ConvNet, DropoutProbe, Transformer, check_dropout_mask_consistent
 
 
@@ -157,11 +164,7 @@ def test_internal_failure_falls_back_with_a_warning(monkeypatch, caplog):
         raise RuntimeError("injected solver bug")
 
     monkeypatch.setattr(partitioner_module, "solve_min_cut", broken)
-    model = MLP(d=8)
-    x = torch.randn(2, 8, requires_grad=True)
-    with caplog.at_level(logging.WARNING, logger="autoremat"):
-        got = compiled_step(model, eager_backend(), (x,))
-    assert_steps_match(got, train_step(model, model, (x,)), EAGER_TOL)
+    assert_small_step_matches_eager(eager_backend(), caplog)
     (plan,) = autoremat.recent_plans()
     assert plan.status == "fallback" and "injected solver bug" in plan.notes[0]
     assert "falling back to torch's min-cut" in caplog.text

@@ -25,7 +25,13 @@ from autoremat.backend import codegen_free_backend
 from autoremat.options import resolve_options
 from autoremat.partitioner import BudgetInfeasible, RematPartitioner
 from autoremat.passes.collectives import collective_sequence
-from tests.harness import EAGER_TOL, assert_steps_match, compiled_step, train_step
+from tests.harness import (
+    EAGER_TOL,
+    assert_small_step_matches_eager,
+    assert_steps_match,
+    compiled_step,
+    train_step,
+)
 from tests.models import MLP, DropoutProbe
 
 
@@ -79,11 +85,7 @@ def test_graph_key_failure_does_not_escape(monkeypatch, caplog):
         raise RuntimeError("injected graph_key bug")
 
     monkeypatch.setattr(plan_store, "graph_key", broken)
-    model = MLP(d=8)
-    x = torch.randn(2, 8, requires_grad=True)
-    with caplog.at_level(logging.WARNING, logger="autoremat"):
-        got = compiled_step(model, eager_backend(), (x,))
-    assert_steps_match(got, train_step(model, model, (x,)), EAGER_TOL)
+    assert_small_step_matches_eager(eager_backend(), caplog)
     assert "injected graph_key bug" in caplog.text
 
 
@@ -102,24 +104,8 @@ def test_failing_fallback_saves_everything(monkeypatch, caplog):
 
     monkeypatch.setattr(partitioner_module, "solve_min_cut", broken)
     monkeypatch.setattr(partitioner_module.compat, "torch_min_cut_partition_without_cse", broken)
-    model = MLP(d=8)
-    x = torch.randn(2, 8, requires_grad=True)
-    with caplog.at_level(logging.WARNING, logger="autoremat"):
-        got = compiled_step(model, eager_backend(), (x,))
-    assert_steps_match(got, train_step(model, model, (x,)), EAGER_TOL)
+    assert_small_step_matches_eager(eager_backend(), caplog)
     assert "saving every activation" in caplog.text
-
-
-@pytest.fixture
-def fake_pg():
-    """A world of two ranks in this process (this is rank 0); collectives do not communicate."""
-    from torch.testing._internal.distributed.fake_pg import FakeStore
-
-    dist.init_process_group("fake", store=FakeStore(), rank=0, world_size=2)
-    try:
-        yield
-    finally:
-        dist.destroy_process_group()
 
 
 @pytest.mark.skipif(not dist.is_available(), reason="torch.distributed is not available")
