@@ -54,8 +54,7 @@ BUDGETS = (1.0, 0.75, 0.5, 0.25, 0.1, 0.0)
 GOAL_MAX_BUDGET = 0.5
 #: ... autoremat executes at most 70% of torch's recompute FLOPs ...
 GOAL_FLOP_SHARE = 0.70
-#: ... at equal measured peak, "equal" meaning within 2% (the peak measurement's own spread under
-#: Inductor across processes is below 1% on this suite)
+#: ... at equal measured peak, "equal" meaning within 2% (issue 16's definition)
 GOAL_PEAK_TOLERANCE = 0.02
 STRATEGIES = ("autoremat", "torch_budget")
 
