@@ -388,6 +388,48 @@ def measure_rows(model: str, profile: str, budgets: Sequence[float], device: tor
     return rows
 
 
+def plot(rows: list[dict[str, Any]], peaks: dict[tuple[str, str], int], out_dir: str) -> list[str]:
+    """One Pareto plot per model: measured peak against measured recompute FLOPs, each partitioner's
+    budgets joined in order. Both axes are deterministic, so noise cannot reorder the points (unlike a
+    plot against step time on a shared CPU). Returns the files written."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    written = []
+    for model in dict.fromkeys(r["model"] for r in rows):
+        mine = sorted((r for r in rows if r["model"] == model), key=lambda r: -r["budget"])
+        fig, ax = plt.subplots(figsize=(5, 3.6))
+        for index, (strategy, label) in enumerate((("autoremat", "autoremat"), ("torch_budget", "torch"))):
+            points = [
+                (r[strategy]["flops"] / 1e6, _peaks(r, peaks)[index], r["budget"])
+                for r in mine
+                if _peaks(r, peaks)[index] is not None
+            ]
+            if not points:
+                continue
+            ax.plot([x for x, _, _ in points], [y / 2**20 for _, y, _ in points], marker="o", label=label)
+            for x, y, budget in points:
+                ax.annotate(
+                    f"{budget:g}", (x, y / 2**20), fontsize=7, xytext=(3, 3), textcoords="offset points"
+                )
+        source = _peaks(mine[0], peaks)[2]
+        ax.set(
+            xlabel="measured recompute MFLOP per step",
+            ylabel=f"measured peak MiB ({source})",
+            title=f"{model} ({mine[0]['profile']}): peak vs recompute work",
+        )
+        ax.grid(alpha=0.3)
+        ax.legend()
+        fig.tight_layout()
+        path = f"{out_dir}/pareto_work_{mine[0]['profile']}_{model}.png"
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        written.append(path)
+    return written
+
+
 def main(argv: list[str] | None = None) -> None:
     from benchmarks.models import suite
 
@@ -400,6 +442,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--step-time", default=None, help="benchmarks.step_time JSON: timing intervals")
     parser.add_argument("--rows", default=None, help="reuse rows from an earlier --json instead of measuring")
     parser.add_argument("--json", default=None, help="write the rows to this JSON file")
+    parser.add_argument("--plot", default=None, metavar="DIR", help="write a Pareto plot per model into DIR")
     args = parser.parse_args(argv)
     started = time.perf_counter()
     if args.rows:
@@ -426,6 +469,8 @@ def main(argv: list[str] | None = None) -> None:
         + " where it has the case, else the codegen-free step's measured here):\n"
     )
     print(goal_check(rows, peaks, _load_step_times(args.step_time)))
+    if args.plot:
+        print("\n" + "\n".join(plot(rows, peaks, args.plot)))
 
 
 if __name__ == "__main__":
