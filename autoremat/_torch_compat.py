@@ -10,6 +10,7 @@ from __future__ import annotations
 import inspect
 import logging
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import sympy
@@ -84,7 +85,10 @@ __all__ = [
     "inductor_cache_dir",
     "inductor_config",
     "inductor_mode_names",
+    "inductor_memory_plan",
     "inductor_peak_patches",
+    "MemoryEvent",
+    "fw_donated_buffer_idxs",
     "inductor_mode_options",
     "is_bwd_seed_offset",
     "is_fwd_seed_offset",
@@ -443,3 +447,156 @@ def profiler_memory_events(prof: Any) -> list[tuple[int, int]]:
     return [
         (e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"
     ]
+
+
+# ---------------------------------------------------------------------------------------------------
+# Inductor's own memory plan of one graph (2.11-2.13): lower it as compile_fx would, generate the
+# wrapper (no C++/Triton compile), and read the planned allocations, reuses and frees. Everything here
+# is private Inductor API; callers treat any exception as "no estimate".
+
+
+@dataclass(frozen=True)
+class MemoryEvent:
+    """One step of a generated wrapper's memory plan, free of Inductor's types.
+
+    ``kind``: ``"alloc"`` (``name`` gets ``nbytes`` of new storage), ``"reuse"`` (``name`` takes over
+    ``other``'s storage; with ``drop_other`` the old name is gone), ``"hold"`` (``name`` is dead but
+    kept for a later reuse), ``"free"`` (``name`` released), ``"call"`` (an extern kernel runs;
+    ``origin`` is the FX node it came from, for its scratch memory).
+    """
+
+    kind: str
+    name: str
+    nbytes: int = 0
+    other: str = ""
+    drop_other: bool = False
+    origin: fx.Node | None = None
+
+
+def fw_donated_buffer_idxs(
+    fw_inputs: Sequence[Any], user_outputs: Sequence[Any], bw_outputs: Sequence[Any], saved: Sequence[Any]
+) -> list[int]:
+    """The backward inputs AOTAutograd lets Inductor overwrite (saved activations nobody else holds)."""
+    from torch._functorch._aot_autograd.graph_compile import collect_fw_donated_buffer_idxs
+
+    if not functorch_config.donated_buffer:
+        return []
+    return list(collect_fw_donated_buffer_idxs(fw_inputs, user_outputs, bw_outputs, saved))
+
+
+def _buffer_bytes(node: Any) -> int:
+    from torch._inductor.utils import get_dtype_size
+    from torch._inductor.virtualized import V
+
+    size = V.graph.sizevars.optimization_hint(V.graph.get_allocation_storage_size(node), fallback=0)
+    return int(size) * get_dtype_size(node.get_dtype())
+
+
+def _origin(node: Any) -> fx.Node | None:
+    kernel = getattr(node, "op_overload", None)
+    candidates = [getattr(node, "origin_node", None), *sorted(getattr(node, "origins", ()) or (), key=str)]
+    candidates = [c for c in candidates if isinstance(getattr(c, "target", None), torch._ops.OpOverload)]
+    exact = [c for c in candidates if c.target is kernel]
+    return (exact or candidates or [None])[0]
+
+
+def inductor_memory_plan(
+    gm: fx.GraphModule,
+    *,
+    is_backward: bool,
+    donated_idxs: list[int] | None = None,
+    config_patches: dict[str, Any] | None = None,
+) -> tuple[dict[str, int], list[MemoryEvent]]:
+    """(graph input name → storage bytes, the wrapper's memory events) of ``gm`` compiled by Inductor.
+
+    Replicates compile_fx's lowering on a copy of ``gm`` with fake inputs made from its placeholders'
+    metadata, under ``config_patches``. Two pieces of compile_fx's context are supplied by hand: the
+    donated backward inputs (``donated_idxs``, read by GraphLowering from a TracingContext there is
+    none of here) and a DebugContext for V.debug.
+    """
+    import contextlib
+    import copy
+
+    import torch._inductor.graph as graph_module
+    from torch._inductor import ir
+    from torch._inductor.codegen import wrapper
+    from torch._inductor.compile_fx import _recursive_post_grad_passes, fake_tensor_prop
+    from torch._inductor.debug import DebugContext
+    from torch._inductor.fx_passes.post_grad import view_to_reshape
+    from torch._inductor.virtualized import V
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    from torch.fx.experimental.symbolic_shapes import ShapeEnv
+
+    gm = copy.deepcopy(gm)  # the post-grad passes rewrite the graph
+    mode = FakeTensorMode(shape_env=ShapeEnv(), allow_non_fake_inputs=True)
+    inputs = [
+        mode.from_tensor(v) if isinstance(v := p.meta.get("val"), torch.Tensor) else v
+        for p in gm.graph.find_nodes(op="placeholder")
+    ]
+    patches = {k: v for k, v in (config_patches or {}).items() if k != "custom_partitioner_fn"}
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(inductor_config.patch(patches))
+        original = graph_module.get_donated_idxs
+        graph_module.get_donated_idxs = lambda: donated_idxs
+        stack.callback(setattr, graph_module, "get_donated_idxs", original)
+        stack.enter_context(DebugContext())
+        view_to_reshape(gm)
+        with torch.no_grad():
+            fake_mode = fake_tensor_prop(gm, inputs)
+        stack.enter_context(V.set_fake_mode(fake_mode))
+        _recursive_post_grad_passes(gm, is_inference=False)
+        graph = graph_module.GraphLowering(
+            gm,
+            example_inputs=inputs,
+            shape_env=fake_mode.shape_env,
+            is_inference=False,
+            is_backward=is_backward,
+        )
+        graph.freeze_runtime_asserts()
+        stack.enter_context(V.set_graph_handler(graph))
+        stack.enter_context(V.set_extern_kernel_nodes([]))
+        graph.run(*inputs)
+        graph.codegen()  # scheduler, kernels' source, wrapper with memory_plan_reuse; nothing compiled
+        graph_inputs = {
+            name: _buffer_bytes(node)
+            for name, node in graph.graph_inputs.items()
+            if hasattr(node, "get_dtype")
+        }
+        events: list[MemoryEvent] = []
+        lines = graph.wrapper_code.lines
+        pre_allocated: set[str] = set()
+        for i, line in enumerate(lines):
+            if isinstance(line, wrapper.AllocateLine):
+                events.append(MemoryEvent("alloc", line.node.get_name(), _buffer_bytes(line.node)))
+            elif isinstance(line, wrapper.ReuseLine):
+                events.append(
+                    MemoryEvent(
+                        "reuse",
+                        line.reused_as.get_name(),
+                        other=line.node.get_name(),
+                        drop_other=line.delete_old,
+                    )
+                )
+            elif isinstance(line, wrapper.FreeIfNotReusedLine):
+                events.append(MemoryEvent("hold" if line.is_reused else "free", line.node.get_name()))
+            elif isinstance(line, wrapper.FreeLine):
+                events.append(MemoryEvent("free", line.node.get_name()))
+            elif isinstance(line, wrapper.ExternKernelAllocLine):
+                node = line.node
+                if not isinstance(node.layout, ir.MultiOutputLayout):
+                    events.append(MemoryEvent("alloc", node.get_name(), _buffer_bytes(node)))
+                else:  # the kernel allocates all its outputs when it runs
+                    for later in lines[i + 1 :]:
+                        if isinstance(later, wrapper.MultiOutputLine) and later.arg_name == node.get_name():
+                            buffer = graph.try_get_buffer(later.result_name)
+                            nbytes = _buffer_bytes(buffer) if buffer is not None else 0
+                            events.append(MemoryEvent("alloc", later.result_name, nbytes))
+                            pre_allocated.add(later.result_name)
+                events.append(MemoryEvent("call", node.get_name(), origin=_origin(node)))
+            elif isinstance(line, wrapper.ExternKernelOutLine):
+                events.append(MemoryEvent("call", line.node.get_name(), origin=_origin(line.node)))
+            elif isinstance(line, wrapper.MultiOutputLine) and line.result_name not in pre_allocated:
+                buffer = graph.try_get_buffer(line.result_name)
+                nbytes = _buffer_bytes(buffer) if buffer is not None else 0
+                events.append(MemoryEvent("alloc", line.result_name, nbytes))
+    return graph_inputs, events

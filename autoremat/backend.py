@@ -50,6 +50,17 @@ def compile_graph(gm: fx.GraphModule, example_inputs: Sequence[Any], options: Re
     return _watch_sizes(compiled, example_inputs, options)
 
 
+def inductor_patches(options: RematOptions) -> dict[str, Any]:
+    """The Inductor settings a compile under ``options`` runs with (besides our partitioner): the
+    mode's, the ones that make the peak follow the plan below budget 1.0, and the user's own, which
+    win."""
+    return {
+        **compat.inductor_mode_options(options.mode),
+        **(compat.inductor_peak_patches() if _budget_below_one(options) else {}),
+        **dict(options.inductor_options),
+    }
+
+
 def _budget_below_one(options: RematOptions) -> bool:
     """Whether the budget asks for less memory than the runtime-optimal plan: only then does Inductor
     get the settings that make its peak follow the plan (at budget 1.0 it runs exactly as torch's)."""
@@ -123,12 +134,7 @@ def _compile(
 ) -> CompiledFn:
     if options.compiler == "eager":
         return codegen_free_backend(partitioner)(gm, example_inputs)
-    patches: dict[str, Any] = {
-        **compat.inductor_mode_options(options.mode),
-        **(compat.inductor_peak_patches() if _budget_below_one(options) else {}),
-        **dict(options.inductor_options),  # the user's own Inductor settings win
-        "custom_partitioner_fn": partitioner,
-    }
+    patches: dict[str, Any] = {**inductor_patches(options), "custom_partitioner_fn": partitioner}
     return compat.compile_fx(gm, example_inputs, config_patches=patches)
 
 
