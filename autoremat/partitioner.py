@@ -24,7 +24,9 @@ from autoremat import _torch_compat as compat
 from autoremat._version import __version__
 from autoremat.cost_models import (
     DEFAULT_MEMORY_MODEL,
+    DEFAULT_TIME_MODEL,
     MEMORY_MODELS,
+    TIME_MODELS,
     Calibration,
     GraphCosts,
     default_cost_model,
@@ -146,7 +148,8 @@ class RematPartitioner(compat.CustomPartitionerFn):
             gm.graph, num_fwd_outputs=num_fwd_outputs, static_lifetime_input_indices=static_idx
         )
         device = _graph_device(gm.graph)
-        costs = default_cost_model(device, self.options.device, self.calibration).for_graph(analysis)
+        model = TIME_MODELS[DEFAULT_TIME_MODEL]
+        costs = default_cost_model(device, self.options.device, self.calibration, model).for_graph(analysis)
         solution = self._solve(analysis, costs, device)
         fw, bw = split_joint_graph(gm, analysis, solution.cut.saved)
         plan = build_plan(analysis, costs, solution, budget=self.options.memory_budget.describe())

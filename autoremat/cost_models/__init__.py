@@ -16,12 +16,14 @@ from autoremat.cost_models.time_model import CostModel, GraphCosts, default_cost
 
 #: time models by name: ``model(spec, calibration).for_graph(analysis)`` gives per-node costs
 TIME_MODELS = {"roofline-fusion": CostModel}
+DEFAULT_TIME_MODEL = "roofline-fusion"
 #: memory models by name: ``model().peak(analysis, saved)`` predicts a plan's peak
 MEMORY_MODELS = {OpByOpMemory.name: OpByOpMemory}
 DEFAULT_MEMORY_MODEL = OpByOpMemory.name
 
 __all__ = [
     "DEFAULT_MEMORY_MODEL",
+    "DEFAULT_TIME_MODEL",
     "MEMORY_MODELS",
     "SPECS",
     "TIME_MODELS",

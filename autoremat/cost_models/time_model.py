@@ -105,10 +105,14 @@ class GraphCosts:
 
 
 def default_cost_model(
-    device: torch.device | None, spec_name: str | None = None, calibration: Calibration | None = None
+    device: torch.device | None,
+    spec_name: str | None = None,
+    calibration: Calibration | None = None,
+    model: type[CostModel] = CostModel,
 ) -> CostModel:
-    """The model for a graph on ``device``, or for the device named by the ``device`` option."""
+    """The time model ``model`` (a ``cost_models.TIME_MODELS`` entry) for a graph on ``device``, or for
+    the device named by the ``device`` option."""
     from autoremat.cost_models.device_specs import spec_for_device, spec_for_name
 
     spec = spec_for_name(spec_name) if spec_name else spec_for_device(device)
-    return CostModel(spec, calibration)
+    return model(spec, calibration)
