@@ -506,16 +506,35 @@ def inductor_memory_plan(
     is_backward: bool,
     donated_idxs: list[int] | None = None,
     config_patches: dict[str, Any] | None = None,
+    copy_graph: bool = True,
 ) -> tuple[dict[str, int], list[MemoryEvent]]:
     """(graph input name → storage bytes, the wrapper's memory events) of ``gm`` compiled by Inductor.
 
     Replicates compile_fx's lowering on a copy of ``gm`` with fake inputs made from its placeholders'
     metadata, under ``config_patches``. Two pieces of compile_fx's context are supplied by hand: the
     donated backward inputs (``donated_idxs``, read by GraphLowering from a TracingContext there is
-    none of here) and a DebugContext for V.debug.
+    none of here) and a DebugContext for V.debug. ``copy_graph=False`` lets Inductor's post-grad
+    passes rewrite ``gm`` itself, for a caller that made it only to be replayed.
     """
-    import contextlib
     import copy
+
+    from torch._subclasses.fake_tensor import unset_fake_temporarily
+
+    if copy_graph:
+        gm = copy.deepcopy(gm)  # the post-grad passes rewrite the graph
+    # inside a compile (the partitioner runs in AOTAutograd) the compile's own fake mode and tracing
+    # context are active; this lowering must neither mix with nor write to them
+    with unset_fake_temporarily(), torch._guards.tracing(None):
+        return _inductor_memory_plan(gm, is_backward, donated_idxs, config_patches)
+
+
+def _inductor_memory_plan(
+    gm: fx.GraphModule,
+    is_backward: bool,
+    donated_idxs: list[int] | None,
+    config_patches: dict[str, Any] | None,
+) -> tuple[dict[str, int], list[MemoryEvent]]:
+    import contextlib
 
     import torch._inductor.graph as graph_module
     from torch._inductor import ir
@@ -527,13 +546,15 @@ def inductor_memory_plan(
     from torch._subclasses.fake_tensor import FakeTensorMode
     from torch.fx.experimental.symbolic_shapes import ShapeEnv
 
-    gm = copy.deepcopy(gm)  # the post-grad passes rewrite the graph
     mode = FakeTensorMode(shape_env=ShapeEnv(), allow_non_fake_inputs=True)
     inputs = [
         mode.from_tensor(v) if isinstance(v := p.meta.get("val"), torch.Tensor) else v
         for p in gm.graph.find_nodes(op="placeholder")
     ]
     patches = {k: v for k, v in (config_patches or {}).items() if k != "custom_partitioner_fn"}
+    # the memory plan does not depend on how a CPU kernel's loops are vectorised, and choosing the
+    # vector tiling is most of the code generation's time
+    patches["cpp.simdlen"] = 0
     with contextlib.ExitStack() as stack:
         stack.enter_context(inductor_config.patch(patches))
         original = graph_module.get_donated_idxs

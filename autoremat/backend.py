@@ -19,7 +19,7 @@ import torch.fx as fx
 from autoremat import _torch_compat as compat
 from autoremat import plan as plan_module
 from autoremat import plan_store
-from autoremat.options import RematOptions, resolve_options
+from autoremat.options import RematOptions, inductor_patches, resolve_options
 from autoremat.partitioner import RematPartitioner, announce, pick_device
 
 CompiledFn = Callable[..., Any]
@@ -48,24 +48,6 @@ def compile_graph(gm: fx.GraphModule, example_inputs: Sequence[Any], options: Re
     if partitioner.graph_key:
         _store_or_replay(partitioner.graph_key, plan_module.recorded_since(before))
     return _watch_sizes(compiled, example_inputs, options)
-
-
-def inductor_patches(options: RematOptions) -> dict[str, Any]:
-    """The Inductor settings a compile under ``options`` runs with (besides our partitioner): the
-    mode's, the ones that make the peak follow the plan below budget 1.0, and the user's own, which
-    win."""
-    return {
-        **compat.inductor_mode_options(options.mode),
-        **(compat.inductor_peak_patches() if _budget_below_one(options) else {}),
-        **dict(options.inductor_options),
-    }
-
-
-def _budget_below_one(options: RematOptions) -> bool:
-    """Whether the budget asks for less memory than the runtime-optimal plan: only then does Inductor
-    get the settings that make its peak follow the plan (at budget 1.0 it runs exactly as torch's)."""
-    budget = options.memory_budget
-    return not (budget.kind == "fraction" and budget.value >= 1.0)
 
 
 def _watch_sizes(compiled: CompiledFn, example_inputs: Sequence[Any], options: RematOptions) -> CompiledFn:

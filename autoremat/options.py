@@ -92,6 +92,9 @@ class RematOptions:
     solver: str = "milp"
     #: seconds the budget solver may spend per graph before falling back to its best plan
     solver_time_limit: float = DEFAULT_SOLVER_TIME_LIMIT
+    #: under Inductor, check the finalist plans against the memory plan Inductor generates for them
+    #: (about one backward lowering each) and pick on those peaks; off: the op-by-op model alone
+    inductor_check: bool = True
     inductor_options: tuple[tuple[str, Any], ...] = ()
 
     def fingerprint(self) -> str:
@@ -107,6 +110,7 @@ class RematOptions:
                 self.calibrate,
                 self.solver,
                 self.solver_time_limit,
+                self.inductor_check,
                 tuple((k, repr(v)) for k, v in self.inductor_options),
             )
         )
@@ -258,6 +262,7 @@ _PARSERS: dict[str, Callable[[Any, str], Any]] = {
     "calibrate": lambda v, where: _parse_bool(where, v),
     "solver": lambda v, where: _parse_choice(where, v, solver_names()),
     "solver_time_limit": _parse_time_limit,
+    "inductor_check": lambda v, where: _parse_bool(where, v),
 }
 _DEFAULTS: dict[str, Any] = {
     "memory_budget": 1.0,
@@ -268,6 +273,7 @@ _DEFAULTS: dict[str, Any] = {
     "calibrate": False,
     "solver": DEFAULT_SOLVER,
     "solver_time_limit": DEFAULT_SOLVER_TIME_LIMIT,
+    "inductor_check": True,
 }
 
 
@@ -296,6 +302,7 @@ _OWN_KEYS = (
     "calibrate",
     "solver",
     "solver_time_limit",
+    "inductor_check",
 )
 _RESERVED_INDUCTOR_KEYS = ("custom_partitioner_fn",)
 
@@ -381,3 +388,21 @@ def resolve_options(
             f"got compiler='eager' with {dict(result.inductor_options) or {'mode': result.mode}}"
         )
     return result
+
+
+def inductor_patches(options: RematOptions) -> dict[str, Any]:
+    """The Inductor settings a compile under ``options`` runs with (besides our partitioner): the
+    mode's, the ones that make the peak follow the plan below budget 1.0, and the user's own, which
+    win. The partitioner's Inductor check replays plans under exactly these."""
+    return {
+        **compat.inductor_mode_options(options.mode),
+        **(compat.inductor_peak_patches() if _budget_below_one(options) else {}),
+        **dict(options.inductor_options),
+    }
+
+
+def _budget_below_one(options: RematOptions) -> bool:
+    """Whether the budget asks for less memory than the runtime-optimal plan: only then does Inductor
+    get the settings that make its peak follow the plan (at budget 1.0 it runs exactly as torch's)."""
+    budget = options.memory_budget
+    return not (budget.kind == "fraction" and budget.value >= 1.0)

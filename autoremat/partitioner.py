@@ -34,9 +34,10 @@ from autoremat.cost_models import (
 from autoremat.cost_models.device_memory import available_bytes
 from autoremat.distributed import planning_calibration, world_size
 from autoremat.graph.analysis import JointGraphAnalysis, analyse
-from autoremat.options import RematOptions
+from autoremat.options import RematOptions, inductor_patches
 from autoremat.passes.collectives import cse_keeping_collectives
 from autoremat.passes.cut import cheap_by
+from autoremat.passes.inductor_check import InductorCheck
 from autoremat.passes.mincut import solve_min_cut
 from autoremat.passes.rewrite import split_joint_graph
 from autoremat.passes.search import BudgetTarget, SolveResult, solve
@@ -150,13 +151,24 @@ class RematPartitioner(compat.CustomPartitionerFn):
         device = _graph_device(gm.graph)
         model = TIME_MODELS[DEFAULT_TIME_MODEL]
         costs = default_cost_model(device, self.options.device, self.calibration, model).for_graph(analysis)
-        solution = self._solve(analysis, costs, device)
+        solution = self._solve(analysis, costs, device, self._check(gm, analysis))
         fw, bw = split_joint_graph(gm, analysis, solution.cut.saved)
         plan = build_plan(analysis, costs, solution, budget=self.options.memory_budget.describe())
         return fw, bw, plan
 
+    def _check(self, gm: fx.GraphModule, analysis: JointGraphAnalysis) -> InductorCheck | None:
+        """The check of plans against Inductor's schedule, when Inductor compiles this graph (the
+        codegen-free path runs the op-by-op schedule, which the memory model simulates exactly)."""
+        if self.options.compiler != "inductor" or not self.options.inductor_check:
+            return None
+        return InductorCheck(gm, analysis, MEMORY, inductor_patches(self.options))
+
     def _solve(
-        self, analysis: JointGraphAnalysis, costs: GraphCosts, device: torch.device | None
+        self,
+        analysis: JointGraphAnalysis,
+        costs: GraphCosts,
+        device: torch.device | None,
+        check: InductorCheck | None = None,
     ) -> SolveResult:
         budget = self.options.memory_budget
         rules = cheap_by(analysis, costs.is_cheap_to_recompute)
@@ -183,6 +195,7 @@ class RematPartitioner(compat.CustomPartitionerFn):
             time_limit=self.options.solver_time_limit,
             solver=self.options.solver,
             deterministic=ranks > 1,
+            check=check,
         )
         solution.notes[:0] = notes
         if not solution.feasible:

@@ -17,7 +17,7 @@ import argparse
 import ast
 import contextlib
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import torch
 
@@ -26,16 +26,31 @@ from benchmarks.models import PROFILES
 BUDGETS = (1.0, 0.75, 0.5, 0.25, 0.1, 0.0)
 
 
+def _step_peak(step: Callable[[], None], device: torch.device) -> int:
+    """Peak bytes of one ``step`` above what was allocated before it."""
+    from autoremat.measure import cpu_peak_bytes
+
+    if device.type != "cuda":
+        return cpu_peak_bytes(step)
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    start = torch.cuda.memory_allocated()
+    step()
+    torch.cuda.synchronize()
+    return torch.cuda.max_memory_allocated() - start
+
+
 def measure(
     model_name: str,
     profile: str,
     compiler: str,
-    budget: float,
+    budget: float | int,
     device: torch.device,
     options: dict | None = None,
 ) -> dict:
+    """One autoremat case; ``budget`` a fraction (float) or bytes (int). A byte budget is compiled
+    with ``strict=True``: the row says whether it was refused."""
     import autoremat
-    from autoremat.measure import cpu_peak_bytes
     from benchmarks.models import case_by_name
 
     case = case_by_name(profile, model_name)
@@ -44,10 +59,23 @@ def measure(
     batch = case.batch(device)
     torch.compiler.reset()
     before = autoremat.plan.recorded_count()
-    backend = autoremat.backend(memory_budget=budget, compiler=compiler, **(options or {}))
+    kind = "bytes" if isinstance(budget, int) else "fraction"
+    chosen = {**({"strict": True} if kind == "bytes" else {}), **(options or {})}
+    backend = autoremat.backend(memory_budget=budget, compiler=compiler, **chosen)
     compiled = torch.compile(model, backend=backend)
+    refused = None
     with _partitions() as partitions, torch.compiler.config.patch(force_disable_caches=True):
-        compiled(*batch).backward()  # compile cold: a cache hit would skip the partitioner
+        try:
+            compiled(*batch).backward()  # compile cold: a cache hit would skip the partitioner
+        except Exception as exc:  # noqa: BLE001 - strict mode's refusal, reported in the row
+            if "strict=True" not in str(exc):
+                raise
+            refused = str(exc).splitlines()[0]
+    if refused is not None:  # measure what the least-memory plan reaches, without strict
+        unrefused = measure(
+            model_name, profile, compiler, budget, device, {**(options or {}), "strict": False}
+        )
+        return {**unrefused, "refused": refused}
     plans = autoremat.plan.recorded_since(before)
     replayed = _inductor_plan_peak(partitions, backend.options) if compiler == "inductor" else None
     model.zero_grad(set_to_none=True)
@@ -55,26 +83,23 @@ def measure(
     def step() -> None:
         compiled(*batch).backward()
 
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        start = torch.cuda.memory_allocated()
-        step()
-        torch.cuda.synchronize()
-        measured = torch.cuda.max_memory_allocated() - start
-    else:
-        measured = cpu_peak_bytes(step)
+    measured = _step_peak(step, device)
     predicted = sum(p.predicted_peak_bytes or 0 for p in plans)
     gaps = [p.optimality_gap for p in plans if p.optimality_gap is not None]
     return {
         "model": model_name,
         "compiler": compiler,
         "budget": budget,
+        "budget_kind": kind,
+        "refused": None,
         "graphs": len(plans),
         "solver": "+".join(sorted({p.solver for p in plans})),
         "status": "+".join(sorted({p.status for p in plans})),
         "gap": max(gaps) if gaps else None,
         "predicted_peak": predicted,
+        "least_peak": sum(p.least_bytes or 0 for p in plans),
+        "runtime_optimal_peak": sum(p.runtime_optimal_bytes or 0 for p in plans),
+        "peak_model": "+".join(sorted({str(p.solver_stats.get("peak_model", "")) for p in plans})),
         "inductor_plan_peak": replayed,
         "measured_peak": measured,
         "saved_bytes": sum(p.saved_bytes or 0 for p in plans),
@@ -118,18 +143,113 @@ def _inductor_plan_peak(partitions: list, options: object) -> int | None:
         return None
 
 
+#: the byte budgets measured per model: these shares of the way from the least to the runtime-optimal
+#: predicted peak (autoremat's, at budget 0.0)
+BYTE_SHARES = (0.25, 0.5, 0.75)
+#: torch's own strategies measured for the budget-0.0 comparison
+TORCH_BUDGETS = BUDGETS
+
+
+def measure_torch(
+    model_name: str, profile: str, strategy: str, budget: float | None, device: torch.device
+) -> dict:
+    """A reference row: torch.compile (Inductor, torch's partitioner) with
+    ``activation_memory_budget=budget`` (strategy "torch_budget"), or with each block under
+    non-reentrant ``torch.utils.checkpoint`` (strategy "checkpoint")."""
+    from benchmarks.models import case_by_name
+
+    case = case_by_name(profile, model_name)
+    torch.manual_seed(0)
+    model = case.build().to(device).train()
+    model.checkpoint_blocks = strategy == "checkpoint"
+    batch = case.batch(device)
+    torch.compiler.reset()
+    patch = {} if budget is None else {"activation_memory_budget": budget}
+    with torch._functorch.config.patch(patch), torch.compiler.config.patch(force_disable_caches=True):
+        compiled = torch.compile(model)
+        compiled(*batch).backward()
+        model.zero_grad(set_to_none=True)
+        measured = _step_peak(lambda: compiled(*batch).backward(), device)
+    return {"model": model_name, "strategy": strategy, "budget": budget, "measured_peak": measured}
+
+
+def byte_budgets(rows: list[dict], model: str, compiler: str) -> list[int]:
+    """``BYTE_SHARES`` of the way between the least and the runtime-optimal predicted peak."""
+    zero = next(r for r in rows if (r["model"], r["compiler"], r["budget"]) == (model, compiler, 0.0))
+    low, high = zero["least_peak"], zero["runtime_optimal_peak"]
+    return [int(low + share * (high - low)) for share in BYTE_SHARES]
+
+
+def bytes_table(rows: list[dict], slack: float = 1.02) -> str:
+    """Byte budgets: measured against the budget, and whether strict mode accepted it."""
+    lines = [
+        "| model | compiler | budget MiB | strict mode | predicted MiB | measured MiB | measured/budget | "
+        f"within budget (+{slack - 1:.0%}) | predicted/measured |",
+        "|---|---|---:|---|---:|---:|---:|---|---:|",
+    ]
+    for r in rows:
+        if r.get("budget_kind") != "bytes":
+            continue
+        ratio = r["measured_peak"] / max(r["budget"], 1)
+        verdict = "yes" if ratio <= slack else ("refused" if r["refused"] else "NO")
+        lines.append(
+            f"| {r['model']} | {r['compiler']} | {r['budget'] / 2**20:.3f} | "
+            f"{'refused' if r['refused'] else 'accepted'} | {r['predicted_peak'] / 2**20:.3f} | "
+            f"{r['measured_peak'] / 2**20:.3f} | {ratio:.3f} | {verdict} | "
+            f"{r['predicted_peak'] / max(r['measured_peak'], 1):.3f} |"
+        )
+    return "\n".join(lines)
+
+
+def references_table(rows: list[dict], references: list[dict]) -> str:
+    """autoremat at budget 0.0 against the lowest peak torch's knob reaches at any budget and against
+    per-layer checkpointing, all measured under Inductor in this run."""
+    lines = [
+        "| model | autoremat@0 MiB | torch knob lowest MiB (at) | ratio | per-layer checkpoint MiB | ratio | "
+        "no higher than both |",
+        "|---|---:|---:|---:|---:|---:|---|",
+    ]
+    for r in rows:
+        if (
+            r["budget"] != 0.0
+            or r.get("budget_kind", "fraction") != "fraction"
+            or r["compiler"] != "inductor"
+        ):
+            continue
+        knob = [x for x in references if x["model"] == r["model"] and x["strategy"] == "torch_budget"]
+        ckpt = next(
+            (x for x in references if x["model"] == r["model"] and x["strategy"] == "checkpoint"), None
+        )
+        if not knob or ckpt is None:
+            continue
+        lowest = min(knob, key=lambda x: x["measured_peak"])
+        ours = r["measured_peak"]
+        ok = "yes" if ours <= lowest["measured_peak"] and ours <= ckpt["measured_peak"] else "NO"
+        lines.append(
+            f"| {r['model']} | {ours / 2**20:.3f} | "
+            f"{lowest['measured_peak'] / 2**20:.3f} ({lowest['budget']:g}) | "
+            f"{ours / lowest['measured_peak']:.3f} | {ckpt['measured_peak'] / 2**20:.3f} | "
+            f"{ours / ckpt['measured_peak']:.3f} | {ok} |"
+        )
+    return "\n".join(lines)
+
+
 def table(rows: list[dict]) -> str:
     lines = [
         "| model | compiler | budget | solver / status | gap | saved MiB | predicted peak MiB | "
         "measured peak MiB | predicted/measured | Inductor-plan peak MiB | Inductor-plan/measured | "
-        "monotone | predicted recompute ms | partition s |",
+        "non-increasing (2% slack) | predicted recompute ms | partition s |",
         "|---|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|",
     ]
     previous: dict[tuple[str, str], int] = {}
     for r in rows:
+        if r.get("budget_kind", "fraction") != "fraction":
+            continue
         key = (r["model"], r["compiler"])
-        monotone = "" if key not in previous else ("yes" if r["measured_peak"] <= previous[key] else "NO")
-        previous[key] = r["measured_peak"]
+        monotone = (
+            "" if key not in previous else ("yes" if r["measured_peak"] <= previous[key] * 1.02 else "NO")
+        )
+        previous[key] = min(r["measured_peak"], previous.get(key, r["measured_peak"]))
         gap = "" if r["gap"] is None else f"{r['gap']:.1%}"
         replayed = r.get("inductor_plan_peak")
         plan_mib = "" if replayed is None else f"{replayed / 2**20:.3f}"
@@ -155,6 +275,8 @@ def comparison(rows: list[dict], reference: list[dict], slack: float = 1.02) -> 
     ]
     previous: dict[tuple[str, str], int] = {}
     for r in rows:
+        if r.get("budget_kind", "fraction") != "fraction":
+            continue
         key = (r["model"], r["compiler"])
         before = ref.get((r["model"], r["compiler"], r["budget"]))
         ok = "" if key not in previous else ("yes" if r["measured_peak"] <= previous[key] * slack else "NO")
@@ -183,33 +305,58 @@ def main(argv: list[str] | None = None) -> None:
         metavar="KEY=VALUE",
         help="an autoremat or Inductor option for every case, e.g. allow_buffer_reuse=True (repeatable)",
     )
+    parser.add_argument(
+        "--byte-budgets", action="store_true", help="also three byte budgets per model, in strict mode"
+    )
+    parser.add_argument(
+        "--references",
+        action="store_true",
+        help="also torch's activation_memory_budget at every budget and per-layer checkpointing (Inductor)",
+    )
     parser.add_argument("--from-json", default=None, help="print an earlier run's tables, measure nothing")
     parser.add_argument("--against", default=None, help="JSON of a reference run to compare peaks with")
     args = parser.parse_args(argv)
     options = {k: ast.literal_eval(v) for k, v in (o.split("=", 1) for o in args.option)}
     if args.from_json:
         with open(args.from_json) as f:
-            rows = json.load(f)
-        print(table(rows))
-        if args.against:
-            with open(args.against) as f:
-                print("\n" + comparison(rows, json.load(f)))
+            saved = json.load(f)
+        rows, references = (saved, []) if isinstance(saved, list) else (saved["rows"], saved["references"])
+        _print_tables(rows, references, args.against)
         return
+    device = torch.device(args.device)
     names = args.models or [c.name for c in suite(args.profile)]
-    rows = []
+    rows: list[dict] = []
+    references: list[dict] = []
     for name in names:
         for compiler in args.compiler:
             for budget in BUDGETS:
-                rows.append(measure(name, args.profile, compiler, budget, torch.device(args.device), options))
+                rows.append(measure(name, args.profile, compiler, budget, device, options))
                 print(json.dumps(rows[-1]), flush=True)
+            if args.byte_budgets:
+                for cap in byte_budgets(rows, name, compiler):
+                    rows.append(measure(name, args.profile, compiler, cap, device, options))
+                    print(json.dumps(rows[-1]), flush=True)
+        if args.references:
+            for strategy, budget in [("torch_budget", b) for b in TORCH_BUDGETS] + [("checkpoint", None)]:
+                references.append(measure_torch(name, args.profile, strategy, budget, device))
+                print(json.dumps(references[-1]), flush=True)
     print(f"\ntorch {torch.__version__}, device {args.device}, profile {args.profile}, options {options}\n")
-    print(table(rows))
-    if args.against:
-        with open(args.against) as f:
-            print("\n" + comparison(rows, json.load(f)))
+    _print_tables(rows, references, args.against)
     if args.json:
         with open(args.json, "w") as f:
-            json.dump(rows, f, indent=1)
+            json.dump({"rows": rows, "references": references}, f, indent=1)
+
+
+def _print_tables(rows: list[dict], references: list[dict], against: str | None) -> None:
+    print(table(rows))
+    if any(r.get("budget_kind") == "bytes" for r in rows):
+        print("\n" + bytes_table(rows))
+    if references:
+        print("\n" + references_table(rows, references))
+    if against:
+        with open(against) as f:
+            saved = json.load(f)
+        print("\n" + comparison(rows, saved if isinstance(saved, list) else saved["rows"]))
 
 
 if __name__ == "__main__":

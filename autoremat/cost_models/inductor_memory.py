@@ -6,8 +6,9 @@ The op-by-op model (``liveness.py``) is exact for the codegen-free compiler, but
 overwrites donated buffers in place and reuses buffers, and its peak moves. Replaying the wrapper's
 allocations, reuses and frees, plus each extern kernel's scratch (``workspace.py``), matched the CPU
 allocator's measured peak on gpt2, llama, deep_mlp and long_context at every budget of the quick suite.
-It needs Inductor's code generation (0.5-6 s a graph on 2 CPU cores), so it checks finished plans; it
-is not a model a solver can query per candidate.
+It needs Inductor's lowering and scheduling (about 1-1.5 s a graph on 2 CPU cores at the suite's
+sizes, with the kernels' vector tiling skipped), so the search checks a few finished plans with it
+(``passes/inductor_check.py``); it is not a model a solver can query per candidate.
 
 Counted like the op-by-op model: activations, the user's forward outputs, the gradients and scratch.
 Parameters, the batch and their views are graph inputs of the forward and are not counted; the
@@ -156,17 +157,37 @@ def inductor_step_peak(
     bw: fx.GraphModule,
     num_fwd_outputs: int,
     config_patches: dict[str, Any] | None = None,
+    *,
+    forward_bound: int | None = None,
+    own_graphs: bool = False,
 ) -> InductorStepPeak:
     """The step's peak under Inductor's plan for the partitioned ``fw`` and ``bw`` (AOTAutograd's
     contract: ``fw``'s first ``num_fwd_outputs`` outputs are the user's, then the saved values), with
-    the Inductor settings the real compile gets (``config_patches``). Raises whatever Inductor raises."""
+    the Inductor settings the real compile gets (``config_patches``). Raises whatever Inductor raises.
+
+    ``forward_bound``, an upper bound on the forward's peak (the op-by-op model's: Inductor's fused
+    forward materialises a subset of its buffers), lets a planner skip replaying the forward when the
+    backward's replayed peak is already at least that high: the step peak is the backward's then, and
+    the forward costs as much to replay as the backward. ``own_graphs``: the caller made ``fw`` and
+    ``bw`` only for this, so Inductor's passes may rewrite them instead of copies.
+    """
     handoff = _handoff(fw, bw, num_fwd_outputs)
-    fw_inputs, fw_events = compat.inductor_memory_plan(fw, is_backward=False, config_patches=config_patches)
-    fw_peak, _ = _replay(fw_inputs, fw_events, {})
+    copy_graph = not own_graphs
     bw_inputs, bw_events = compat.inductor_memory_plan(
-        bw, is_backward=True, donated_idxs=handoff.donated_idxs, config_patches=config_patches
+        bw,
+        is_backward=True,
+        donated_idxs=handoff.donated_idxs,
+        config_patches=config_patches,
+        copy_graph=copy_graph,
     )
     bw_peak, bw_start = _replay(bw_inputs, bw_events, handoff.activations)
     # the backward's peak above its start, on top of everything the forward left live
     backward = handoff.forward_end_bytes + bw_peak - bw_start
+    if forward_bound is not None and backward >= forward_bound:
+        fw_peak = forward_bound
+    else:
+        fw_inputs, fw_events = compat.inductor_memory_plan(
+            fw, is_backward=False, config_patches=config_patches, copy_graph=copy_graph
+        )
+        fw_peak, _ = _replay(fw_inputs, fw_events, {})
     return InductorStepPeak(max(fw_peak, backward), fw_peak, backward, handoff.forward_end_bytes)

@@ -1,5 +1,7 @@
-"""The budget that holds: the plan with the least predicted recompute time whose predicted peak (the
-memory model's, docs/architecture.md "Memory") is within the user's budget.
+"""The budget that holds: the plan with the least predicted recompute time whose predicted peak is
+within the user's budget. Solvers plan with the memory model (docs/architecture.md "Memory"); when the
+step is compiled by Inductor, the search resolves the budget and picks the plan on peaks checked
+against Inductor's own schedule (``inductor_check.py``), and "predicted peak" means the checked one.
 
 Budget semantics, on the peak of the step with graph inputs excluded:
 
@@ -14,16 +16,19 @@ chosen solver proposes plans for the target and for a grid of tighter budgets (a
 tighter budget fits a looser one too, so with them in the pool a looser budget never picks a plan
 slower than a tighter budget picks); if it failed or found nothing faster than the others, the
 fallback solver proposes for the target. The answer is the fastest pooled plan within the target, so
-the predicted peak never exceeds a feasible target.
+the predicted peak never exceeds a feasible target. With a check, the least-peak and runtime-optimal
+plans are checked first (they set the scale a fraction is read on, and a byte cap is translated to the
+model's scale through them); the solvers propose for the translated cap, and the fastest finalists are
+checked in order until one fits the target.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from autoremat.cost_models import GraphCosts
 from autoremat.graph.analysis import JointGraphAnalysis
@@ -76,10 +81,20 @@ class SolveResult:
     runtime_optimal_bytes: int | None = None
     stats: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
-
     @property
     def feasible(self) -> bool:
         return self.status != "budget-infeasible"
+
+
+class PeakCheck(Protocol):
+    """A second, costlier opinion on a plan's peak: the schedule the compiled step really runs
+    (``inductor_check.InductorCheck``). Computed once per plan; may raise."""
+
+    name: str
+
+    def peak(self, candidate: Candidate) -> int: ...
+
+    def known(self, candidate: Candidate) -> int | None: ...
 
 
 def solve(
@@ -93,19 +108,29 @@ def solve(
     time_limit: float = 10.0,
     solver: str = "milp",
     deterministic: bool = False,
+    check: PeakCheck | None = None,
 ) -> SolveResult:
     """Plan for ``target``; ``high`` is the runtime-optimal cut under ``base``. ``deterministic``
-    stops consulting the clock at all, for when several ranks must agree."""
+    stops consulting the clock at all, for when several ranks must agree. With ``check``, the budget
+    is resolved and the plan picked on checked peaks (see ``_Checked``)."""
     if solver not in SOLVERS:
         raise ValueError(f"solver={solver!r} is invalid: expected one of {tuple(SOLVERS)}")
-    if target.is_runtime_optimal:
-        peak = memory.peak(analysis, high.saved).peak_bytes
-        return SolveResult(high, high, BASELINE.name, "optimal", 0.0, peak)
     deadline = Deadline(time_limit, deterministic)
     started = time.perf_counter()
     pool = Pool(analysis, costs, memory)
     ctx = SearchContext(analysis, costs, base, high, high, pool, deadline)
-    result = _search(ctx, target, SOLVERS[solver]())
+    checked = _Checked(ctx, check)
+    if target.is_runtime_optimal:
+        runtime_optimal = pool.add(high, BASELINE.name)
+        result = SolveResult(
+            high, high, BASELINE.name, "optimal", 0.0, checked.peak(runtime_optimal), notes=ctx.notes
+        )
+    else:
+        result = _search(ctx, target, SOLVERS[solver](), checked)
+    # what predicted_peak_bytes and the budget's scale are in: the memory model's peaks, or the
+    # check's ("inductor-plan") when plans were checked against Inductor's schedule
+    result.stats["peak_model"] = checked.model_name
+    result.stats.update(checked.stats())
     result.stats["solve_seconds"] = time.perf_counter() - started
     if deadline.left() <= 0:
         result.notes.append(
@@ -116,35 +141,153 @@ def solve(
     return result
 
 
-def _search(ctx: SearchContext, target: BudgetTarget, chosen: Solver) -> SolveResult:
+#: the most plans beyond the runtime-optimal and least-peak ones that one search checks
+MAX_FINALIST_CHECKS = 3
+#: a finalist whose checked peak is estimated above the target by more than this factor is not checked
+ESTIMATE_SLACK = 1.0
+
+
+class _Checked:
+    """Peaks as the check sees them, degrading to the memory model's when there is no check or it
+    fails (the failure is noted once, and the search goes on with the model's peaks).
+
+    The budget's scale comes from checking the runtime-optimal and least-peak plans; between them a
+    linear map from model peaks to checked peaks decides which finalists are worth checking and
+    translates a checked cap into the cap the solvers propose for."""
+
+    def __init__(self, ctx: SearchContext, check: PeakCheck | None) -> None:
+        self.ctx, self.check, self._given = ctx, check, check
+        self.anchors: tuple[Candidate, Candidate] | None = None
+
+    @property
+    def active(self) -> bool:
+        return self.check is not None
+
+    @property
+    def model_name(self) -> str:
+        return self.check.name if self.check is not None else self.ctx.pool.memory.name
+
+    def stats(self) -> dict[str, Any]:
+        if self._given is None:
+            return {}
+        return {
+            "checked_plans": getattr(self._given, "checks", None),
+            "check_seconds": getattr(self._given, "seconds", None),
+            "check_failed": self.check is None,
+        }
+
+    def peak(self, candidate: Candidate) -> int:
+        if self.check is None:
+            return candidate.peak
+        try:
+            with self.ctx.deadline.paused():
+                return self.check.peak(candidate)
+        except Exception as exc:  # noqa: BLE001 - a failed check degrades to the model's peaks
+            self._give_up(exc)
+            return candidate.peak
+
+    def _give_up(self, exc: Exception) -> None:
+        self.ctx.notes.append(
+            f"checking plans against Inductor's schedule failed ({type(exc).__name__}: {exc}); "
+            "planning with the op-by-op memory model alone"
+        )
+        log.warning("autoremat: %s", self.ctx.notes[-1])
+        self.check = None
+
+    def scale(self, least: Candidate, runtime_optimal: Candidate) -> tuple[int, int]:
+        """Checked peaks of the two plans a fraction is interpolated between (both in one unit)."""
+        high, low = self.peak(runtime_optimal), self.peak(least)
+        if self.check is None:  # failed on the second: use the model for both
+            return runtime_optimal.peak, least.peak
+        self.anchors = (least, runtime_optimal)
+        return high, low
+
+    def estimate(self, model_peak: int) -> float:
+        """The checked peak a plan of ``model_peak`` is expected to have (linear between anchors)."""
+        if self.check is None or self.anchors is None:
+            return float(model_peak)
+        low, high = self.anchors
+        low_c, high_c = self.check.known(low), self.check.known(high)
+        if low_c is None or high_c is None or high.peak == low.peak:
+            return float(model_peak - low.peak + (low_c or low.peak))
+        return low_c + (model_peak - low.peak) * (high_c - low_c) / (high.peak - low.peak)
+
+    def model_cap(self, cap: int) -> int:
+        """The model-peak cap expected to give checked peaks within ``cap`` (inverse of estimate)."""
+        if self.check is None or self.anchors is None:
+            return cap
+        low, high = self.anchors
+        low_c, high_c = self.check.known(low), self.check.known(high)
+        if low_c is None or high_c is None or high_c == low_c:
+            return cap - (low_c or low.peak) + low.peak
+        return int(low.peak + (cap - low_c) * (high.peak - low.peak) / (high_c - low_c))
+
+    def fastest_within(self, cap: int, model_cap: int) -> Candidate | None:
+        """The fastest plan whose checked peak is within ``cap``: finalists (the pool's time/peak
+        frontier) are checked fastest first, skipping those estimated well above the cap, until one
+        fits or the checks run out; then the fastest checked plan that fits."""
+        if self.check is None:
+            return self.ctx.pool.fastest_within(model_cap)
+        budget = MAX_FINALIST_CHECKS
+        for candidate in _frontier(self.ctx.pool.plans.values()):
+            if self.check is not None and self.check.known(candidate) is None:
+                if budget == 0 or self.estimate(candidate.peak) > cap * ESTIMATE_SLACK:
+                    continue
+                budget -= 1
+            if self.peak(candidate) <= cap:
+                return candidate
+            if self.check is None:
+                return self.ctx.pool.fastest_within(model_cap)
+        fitting = [c for c in self.ctx.pool.plans.values() if _within(self.check.known(c), cap)]
+        return min(fitting, key=lambda c: (c.time_s, c.peak)) if fitting else None
+
+
+def _within(peak: int | None, cap: int) -> bool:
+    return peak is not None and peak <= cap
+
+
+def _frontier(candidates: Iterable[Candidate]) -> list[Candidate]:
+    """The plans no other plan beats on both time and model peak, fastest first."""
+    frontier: list[Candidate] = []
+    for candidate in sorted(candidates, key=lambda c: (c.time_s, c.peak)):
+        if not frontier or candidate.peak < frontier[-1].peak:
+            frontier.append(candidate)
+    return frontier
+
+
+def _search(ctx: SearchContext, target: BudgetTarget, chosen: Solver, checked: _Checked) -> SolveResult:
     """The search of the module docstring; ``solve`` validates and reports."""
     runtime_optimal = ctx.pool.add(ctx.high, BASELINE.name)
-    if target.cap_bytes is not None and runtime_optimal.peak <= target.cap_bytes:
-        return _result(ctx, runtime_optimal, target.cap_bytes, runtime_optimal, runtime_optimal)
+    if target.cap_bytes is not None and checked.peak(runtime_optimal) <= target.cap_bytes:
+        return _result(ctx, checked, runtime_optimal, target.cap_bytes, runtime_optimal, runtime_optimal)
 
     ctx.low = solve_min_cut(ctx.analysis, least_memory_rules(ctx.base))
     healthy = {}
     for solver in _unique([BASELINE(), FALLBACK(), chosen]):
         healthy[solver.name] = _guard(ctx, solver, "explore", solver.explore)
     least = ctx.least = ctx.pool.least()
+    high_peak, least_peak = checked.scale(least, runtime_optimal)
     if target.fraction is not None:
-        cap = int(least.peak + target.fraction * (runtime_optimal.peak - least.peak))
+        cap = int(least_peak + target.fraction * (high_peak - least_peak))
     else:
         cap = int(target.cap_bytes)
-    if runtime_optimal.peak <= cap:
-        return _result(ctx, runtime_optimal, cap, least, runtime_optimal)
-    if least.peak > cap:
-        result = _result(ctx, least, cap, least, runtime_optimal)
+    if high_peak <= cap:
+        return _result(ctx, checked, runtime_optimal, cap, least, runtime_optimal)
+    if least_peak > cap:
+        result = _result(ctx, checked, least, cap, least, runtime_optimal)
         result.status = "budget-infeasible"
         return result
 
+    model_cap = min(max(checked.model_cap(cap), least.peak), runtime_optimal.peak)
     span = runtime_optimal.peak - least.peak
-    caps = [cap] + [int(least.peak + f * span) for f in GRID_FRACTIONS if least.peak + f * span < cap]
+    caps = [model_cap] + [
+        int(least.peak + f * span) for f in GRID_FRACTIONS if least.peak + f * span < model_cap
+    ]
     for each in caps:
         if not healthy[chosen.name]:
             break
         healthy[chosen.name] = _guard(ctx, chosen, "budget", lambda c, each=each: chosen.propose(c, each))
-    best = ctx.pool.fastest_within(cap)
+    best = ctx.pool.fastest_within(model_cap)
     if chosen.name != FALLBACK.name and (
         not healthy[chosen.name] or best is None or best.source != chosen.name
     ):
@@ -152,10 +295,11 @@ def _search(ctx: SearchContext, target: BudgetTarget, chosen: Solver) -> SolveRe
         ctx.notes.append(f"{chosen.name} {why} (limit {ctx.deadline.total:g} s); tried {FALLBACK.name} too")
         log.info("autoremat: %s", ctx.notes[-1])
         fallback = FALLBACK()
-        _guard(ctx, fallback, "budget", lambda c: fallback.propose(c, cap))
-        best = ctx.pool.fastest_within(cap)
-    assert best is not None  # `least` fits the target
-    return _result(ctx, best, cap, ctx.pool.least(), runtime_optimal)
+        _guard(ctx, fallback, "budget", lambda c: fallback.propose(c, model_cap))
+    best = checked.fastest_within(cap, model_cap)
+    if best is None:  # the check failed after the target was set in its units: the model's least
+        best = least
+    return _result(ctx, checked, best, cap, least, runtime_optimal)
 
 
 def _unique(solvers: list[Solver]) -> list[Solver]:
@@ -179,7 +323,12 @@ def _guard(ctx: SearchContext, solver: Solver, what: str, run: Callable[[SearchC
 
 
 def _result(
-    ctx: SearchContext, best: Candidate, target: int, least: Candidate, runtime_optimal: Candidate
+    ctx: SearchContext,
+    checked: _Checked,
+    best: Candidate,
+    target: int,
+    least: Candidate,
+    runtime_optimal: Candidate,
 ) -> SolveResult:
     if best is runtime_optimal:
         status, gap = "optimal", 0.0
@@ -193,10 +342,10 @@ def _result(
         solver=best.source,
         status=status,
         gap=gap,
-        predicted_peak_bytes=best.peak,
+        predicted_peak_bytes=checked.peak(best),
         target_bytes=target,
-        least_bytes=least.peak,
-        runtime_optimal_bytes=runtime_optimal.peak,
+        least_bytes=checked.peak(least),
+        runtime_optimal_bytes=checked.peak(runtime_optimal),
         stats=ctx.stats,
         notes=ctx.notes,
     )

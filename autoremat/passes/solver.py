@@ -26,7 +26,9 @@ Example::
 
 from __future__ import annotations
 
+import contextlib
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -52,6 +54,15 @@ class Deadline:
         self.total = seconds
         self.ignore_clock = ignore_clock
         self.end = time.perf_counter() + seconds
+
+    @contextlib.contextmanager
+    def paused(self) -> Iterator[None]:
+        """Time spent inside does not count: checking plans is not solving them."""
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.end += time.perf_counter() - started
 
     def left(self) -> float:
         if self.ignore_clock:

@@ -1,0 +1,113 @@
+"""The search on checked peaks (passes/search.py, passes/inductor_check.py): the budget is read on
+the peaks the check reports, the fastest plan that fits them wins, strict mode judges feasibility on
+them, and a failing check degrades to the memory model with a note.
+
+The check here is a stand-in with a known answer, plugged into the codegen-free compile: fast, and
+it pins the search's logic; tests/test_inductor_peak.py runs the real Inductor check."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import autoremat
+import autoremat.partitioner as partitioner_module
+from autoremat.passes.pool import Candidate
+from tests.harness import EAGER_TOL, assert_steps_match, compiled_step, train_step
+from tests.models import Transformer
+
+
+class ScaledCheck:
+    """Reports ``share`` of the model's peak, plus ``bonus`` bytes for plans saving at most
+    ``few`` values: a schedule that fuses buffers away, and that ranks lean plans differently."""
+
+    name = "stand-in"
+
+    def __init__(self, share: float = 0.7, bonus: int = 0, few: int = 0, fail: bool = False) -> None:
+        self.share, self.bonus, self.few, self.fail = share, bonus, few, fail
+        self.peaks: dict[tuple, int] = {}
+        self.seconds = 0.0
+
+    @property
+    def checks(self) -> int:
+        return len(self.peaks)
+
+    def known(self, candidate: Candidate) -> int | None:
+        return self.peaks.get(candidate.cut.saved)
+
+    def peak(self, candidate: Candidate) -> int:
+        if self.fail:
+            raise RuntimeError("lowering exploded")
+        value = int(candidate.peak * self.share)
+        if len(candidate.cut.saved) <= self.few:
+            value -= self.bonus
+        return self.peaks.setdefault(candidate.cut.saved, value)
+
+
+def _plan(budget, check: ScaledCheck | None, monkeypatch, **kw) -> autoremat.Plan:
+    monkeypatch.setattr(partitioner_module.RematPartitioner, "_check", lambda self, gm, analysis: check)
+    torch.manual_seed(0)
+    model, inputs = Transformer(d=16, layers=2), (torch.randn(4, 32, 16, requires_grad=True),)
+    autoremat.clear_plans()
+    backend = autoremat.backend(compiler="eager", memory_budget=budget, **kw)
+    got = compiled_step(model, backend, inputs)
+    assert_steps_match(got, train_step(model, model, inputs), EAGER_TOL)
+    (plan,) = autoremat.recent_plans()
+    return plan
+
+
+def test_a_fraction_is_read_on_the_checked_peaks(monkeypatch):
+    check = ScaledCheck(share=0.7)
+    plan = _plan(0.5, check, monkeypatch)
+    assert plan.solver_stats["peak_model"] == "stand-in" and plan.solver_stats["checked_plans"] >= 3
+    low, high = plan.least_bytes, plan.runtime_optimal_bytes
+    assert plan.target_bytes == int(low + 0.5 * (high - low))
+    assert plan.predicted_peak_bytes in check.peaks.values()
+    assert low <= plan.predicted_peak_bytes <= plan.target_bytes
+    unchecked = _plan(0.5, None, monkeypatch)
+    assert unchecked.solver_stats["peak_model"] == "op-by-op"
+    # a uniform rescaling ranks plans as the model does: the same plan, its peak rescaled
+    assert plan.digest() == unchecked.digest()
+    assert plan.predicted_peak_bytes == int(unchecked.predicted_peak_bytes * 0.7)
+
+
+def test_the_budget_at_one_reports_the_checked_peak_of_the_runtime_optimal_plan(monkeypatch):
+    checked, unchecked = _plan(1.0, ScaledCheck(0.7), monkeypatch), _plan(1.0, None, monkeypatch)
+    assert checked.digest() == unchecked.digest()
+    assert checked.predicted_peak_bytes == int(unchecked.predicted_peak_bytes * 0.7)
+
+
+def test_the_fastest_plan_that_fits_the_checked_target_wins(monkeypatch):
+    """Lean plans check far lower than the model says: at budget 0 the check's least peak is the
+    target, and no plan is chosen whose checked peak exceeds it."""
+    check = ScaledCheck(share=1.0, bonus=10**9, few=10**6)  # every plan "fits": ranks by time alone
+    plan = _plan(0.0, check, monkeypatch)
+    assert plan.predicted_peak_bytes <= plan.target_bytes
+    fitting = [p for p in check.peaks.values() if p <= plan.target_bytes]
+    assert plan.predicted_peak_bytes in fitting
+
+
+def test_strict_mode_accepts_a_byte_budget_that_only_the_checked_peaks_meet(monkeypatch):
+    low = _plan(0.0, None, monkeypatch).predicted_peak_bytes
+    budget = int(low * 0.9)  # below the model's least peak, above the check's (0.7 of it)
+    with pytest.raises(Exception, match="strict=True"):
+        _plan(budget, None, monkeypatch, strict=True)
+    plan = _plan(budget, ScaledCheck(0.7), monkeypatch, strict=True)
+    assert plan.status != "budget-infeasible" and plan.predicted_peak_bytes <= budget
+    with pytest.raises(Exception, match="strict=True.*least peak"):
+        _plan(int(low * 0.5), ScaledCheck(0.7), monkeypatch, strict=True)
+
+
+def test_a_byte_budget_the_runtime_optimal_plan_meets_when_checked_needs_no_search(monkeypatch):
+    high = _plan(1.0, None, monkeypatch).predicted_peak_bytes
+    plan = _plan(int(high * 0.8), ScaledCheck(0.7), monkeypatch)
+    assert plan.solver == "min-cut" and plan.solver_stats["checked_plans"] == 1
+
+
+def test_a_failing_check_degrades_to_the_memory_model_with_a_note(monkeypatch):
+    plan = _plan(0.5, ScaledCheck(fail=True), monkeypatch)
+    unchecked = _plan(0.5, None, monkeypatch)
+    assert plan.digest() == unchecked.digest()
+    assert plan.predicted_peak_bytes == unchecked.predicted_peak_bytes
+    assert plan.solver_stats["check_failed"] and plan.solver_stats["peak_model"] == "op-by-op"
+    assert any("checking plans against Inductor's schedule failed" in n for n in plan.notes)
