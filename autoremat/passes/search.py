@@ -81,6 +81,7 @@ class SolveResult:
     runtime_optimal_bytes: int | None = None
     stats: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+
     @property
     def feasible(self) -> bool:
         return self.status != "budget-infeasible"
