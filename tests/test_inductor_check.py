@@ -7,6 +7,8 @@ it pins the search's logic; tests/test_inductor_peak.py runs the real Inductor c
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 import torch
 
@@ -18,13 +20,19 @@ from tests.models import Transformer
 
 
 class ScaledCheck:
-    """Reports ``share`` of the model's peak, plus ``bonus`` bytes for plans saving at most
-    ``few`` values: a schedule that fuses buffers away, and that ranks lean plans differently."""
+    """Reports ``share`` of the model's peak, less ``bonus`` bytes for the plans ``favour`` picks:
+    a schedule that fuses buffers away, and that can rank plans differently from the model."""
 
     name = "stand-in"
 
-    def __init__(self, share: float = 0.7, bonus: int = 0, few: int = 0, fail: bool = False) -> None:
-        self.share, self.bonus, self.few, self.fail = share, bonus, few, fail
+    def __init__(
+        self,
+        share: float = 0.7,
+        bonus: int = 0,
+        favour: Callable[[Candidate], bool] = lambda c: False,
+        fail: bool = False,
+    ) -> None:
+        self.share, self.bonus, self.favour, self.fail = share, bonus, favour, fail
         self.peaks: dict[tuple, int] = {}
         self.seconds = 0.0
 
@@ -39,7 +47,7 @@ class ScaledCheck:
         if self.fail:
             raise RuntimeError("lowering exploded")
         value = int(candidate.peak * self.share)
-        if len(candidate.cut.saved) <= self.few:
+        if self.favour(candidate):
             value -= self.bonus
         return self.peaks.setdefault(candidate.cut.saved, value)
 
@@ -80,11 +88,24 @@ def test_the_budget_at_one_reports_the_checked_peak_of_the_runtime_optimal_plan(
 def test_the_fastest_plan_that_fits_the_checked_target_wins(monkeypatch):
     """Lean plans check far lower than the model says: at budget 0 the check's least peak is the
     target, and no plan is chosen whose checked peak exceeds it."""
-    check = ScaledCheck(share=1.0, bonus=10**9, few=10**6)  # every plan "fits": ranks by time alone
+    check = ScaledCheck(share=0.5)
     plan = _plan(0.0, check, monkeypatch)
-    assert plan.predicted_peak_bytes <= plan.target_bytes
-    fitting = [p for p in check.peaks.values() if p <= plan.target_bytes]
-    assert plan.predicted_peak_bytes in fitting
+    assert plan.predicted_peak_bytes == plan.least_bytes == plan.target_bytes
+    assert plan.predicted_peak_bytes == min(check.peaks.values())
+
+
+def test_strict_mode_accepts_a_byte_budget_a_plan_other_than_the_least_peak_one_meets(monkeypatch):
+    """The model's least-peak plan is not the lowest under the check: the search looks further
+    before calling a byte budget infeasible."""
+    low = _plan(0.0, None, monkeypatch)
+    lean = len(low.saved)
+    budget = int(low.predicted_peak_bytes * 0.9)
+    check = ScaledCheck(
+        share=1.0, bonus=low.predicted_peak_bytes // 3, favour=lambda c: len(c.cut.saved) > lean
+    )
+    plan = _plan(budget, check, monkeypatch, strict=True)
+    assert plan.status != "budget-infeasible" and plan.predicted_peak_bytes <= budget
+    assert plan.least_bytes == low.predicted_peak_bytes > budget
 
 
 def test_strict_mode_accepts_a_byte_budget_that_only_the_checked_peaks_meet(monkeypatch):

@@ -243,6 +243,21 @@ class _Checked:
         return min(fitting, key=lambda c: (c.time_s, c.peak)) if fitting else None
 
 
+    def lowest_within(self, cap: int) -> Candidate | None:
+        """A plan whose checked peak fits ``cap`` although the least-peak plan's does not: the
+        pool's lowest-peak plans are checked, lowest first, within the finalists' allowance."""
+        if self.check is None:
+            return None
+        by_peak = sorted(_frontier(self.ctx.pool.plans.values()), key=lambda c: c.peak)
+        unchecked = [c for c in by_peak if self.check.known(c) is None][:MAX_FINALIST_CHECKS]
+        for candidate in unchecked:
+            if self.peak(candidate) <= cap:
+                return candidate
+            if self.check is None:
+                return None
+        return None
+
+
 def _within(peak: int | None, cap: int) -> bool:
     return peak is not None and peak <= cap
 
@@ -275,6 +290,10 @@ def _search(ctx: SearchContext, target: BudgetTarget, chosen: Solver, checked: _
     if high_peak <= cap:
         return _result(ctx, checked, runtime_optimal, cap, least, runtime_optimal)
     if least_peak > cap:
+        # another plan may run lower under the check than the model's least-peak plan does
+        lower = checked.lowest_within(cap)
+        if lower is not None:
+            return _result(ctx, checked, lower, cap, least, runtime_optimal)
         result = _result(ctx, checked, least, cap, least, runtime_optimal)
         result.status = "budget-infeasible"
         return result

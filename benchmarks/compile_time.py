@@ -1,0 +1,82 @@
+"""Compile time of one training step: autoremat with and without its Inductor check, against
+torch.compile with torch's own ``activation_memory_budget``, on the same model and budget.
+
+    python -m benchmarks.compile_time [--profile quick act] [--models gpt2 llama] [--budget 0.5]
+
+Each case compiles cold (Inductor's caches off) and runs one forward + backward; the wall time of
+that first step is the compile time users wait for. One process, a warm-up compile first (imports,
+Inductor's one-time setup), then the strategies interleaved per repeat, median reported. Prints a
+markdown table with the ratios.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+
+from benchmarks.models import PROFILES, case_by_name
+
+STRATEGIES = ("torch_budget", "autoremat_unchecked", "autoremat")
+
+
+def first_step_seconds(model_name: str, profile: str, strategy: str, budget: float) -> tuple[float, float]:
+    """(wall seconds of the cold first step, seconds autoremat spent partitioning, 0 for torch)."""
+    import autoremat
+
+    case = case_by_name(profile, model_name)
+    torch.manual_seed(0)
+    model = case.build().train()
+    batch = case.batch(torch.device("cpu"))
+    torch.compiler.reset()
+    before = autoremat.plan.recorded_count()
+    if strategy == "torch_budget":
+        patch, compiled = {"activation_memory_budget": budget}, torch.compile(model)
+    else:
+        check = strategy == "autoremat"
+        backend = autoremat.backend(memory_budget=budget, inductor_check=check)
+        patch, compiled = {}, torch.compile(model, backend=backend)
+    with torch._functorch.config.patch(patch), torch.compiler.config.patch(force_disable_caches=True):
+        started = time.perf_counter()
+        compiled(*batch).backward()
+        seconds = time.perf_counter() - started
+    partition = sum(p.partition_seconds for p in autoremat.plan.recorded_since(before))
+    return seconds, partition
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--profile", nargs="+", default=["quick"], choices=tuple(PROFILES))
+    parser.add_argument("--models", nargs="+", default=["gpt2", "llama"])
+    parser.add_argument("--budget", type=float, default=0.5)
+    parser.add_argument("--repeats", type=int, default=2)
+    args = parser.parse_args(argv)
+    warm = torch.compile(torch.nn.Linear(8, 8))
+    warm(torch.randn(2, 8)).sum().backward()
+    lines = [
+        "| model | profile | torch knob s | autoremat unchecked s | autoremat s (partition s) | "
+        "autoremat / unchecked | autoremat / torch knob |",
+        "|---|---|---:|---:|---:|---:|---:|",
+    ]
+    for profile in args.profile:
+        for name in args.models:
+            runs: dict[str, list[tuple[float, float]]] = {s: [] for s in STRATEGIES}
+            for _ in range(args.repeats):
+                for strategy in STRATEGIES:
+                    runs[strategy].append(first_step_seconds(name, profile, strategy, args.budget))
+                    print(name, profile, strategy, runs[strategy][-1], flush=True)
+            med = {s: statistics.median(t for t, _ in r) for s, r in runs.items()}
+            part = statistics.median(p for _, p in runs["autoremat"])
+            checked, unchecked, knob = med["autoremat"], med["autoremat_unchecked"], med["torch_budget"]
+            lines.append(
+                f"| {name} | {profile} | {knob:.1f} | {unchecked:.1f} | {checked:.1f} ({part:.1f}) | "
+                f"{checked / unchecked:.2f} | {checked / knob:.2f} |"
+            )
+    print(f"\ntorch {torch.__version__}, budget {args.budget}, median of {args.repeats}\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
