@@ -41,6 +41,7 @@ from autoremat.passes.inductor_check import InductorCheck
 from autoremat.passes.mincut import solve_min_cut
 from autoremat.passes.rewrite import split_joint_graph
 from autoremat.passes.search import BudgetTarget, SolveResult, solve
+from autoremat.passes.solver import JointGraph
 from autoremat.plan import Plan, RecomputedOp, record
 from autoremat.plan_builder import build_plan
 
@@ -106,7 +107,7 @@ class RematPartitioner(compat.CustomPartitionerFn):
     ) -> tuple[fx.GraphModule, fx.GraphModule]:
         start = time.perf_counter()
         try:
-            fw, bw, plan = self._partition(gm, num_fwd_outputs, static_lifetime_input_indices)
+            fw, bw, plan = self._partition(gm, joint_inputs, num_fwd_outputs, static_lifetime_input_indices)
         except BudgetInfeasible:
             raise
         except Exception as exc:  # noqa: BLE001 - any bug of ours must degrade, not crash training
@@ -137,7 +138,11 @@ class RematPartitioner(compat.CustomPartitionerFn):
         return fw, bw
 
     def _partition(
-        self, gm: fx.GraphModule, num_fwd_outputs: int, static_idx: list[int] | None
+        self,
+        gm: fx.GraphModule,
+        joint_inputs: Sequence[object],
+        num_fwd_outputs: int,
+        static_idx: list[int] | None,
     ) -> tuple[fx.GraphModule, fx.GraphModule, Plan]:
         compat.keep_collective_waits_alive()  # DCE must never drop a collective
         gm.graph.eliminate_dead_code()
@@ -151,7 +156,8 @@ class RematPartitioner(compat.CustomPartitionerFn):
         device = _graph_device(gm.graph)
         model = TIME_MODELS[DEFAULT_TIME_MODEL]
         costs = default_cost_model(device, self.options.device, self.calibration, model).for_graph(analysis)
-        solution = self._solve(analysis, costs, device, self._check(gm, analysis))
+        joint = JointGraph(gm, joint_inputs, static_idx)
+        solution = self._solve(analysis, costs, device, self._check(gm, analysis), joint)
         fw, bw = split_joint_graph(gm, analysis, solution.cut.saved)
         plan = build_plan(analysis, costs, solution, budget=self.options.memory_budget.describe())
         return fw, bw, plan
@@ -169,6 +175,7 @@ class RematPartitioner(compat.CustomPartitionerFn):
         costs: GraphCosts,
         device: torch.device | None,
         check: InductorCheck | None = None,
+        joint: JointGraph | None = None,
     ) -> SolveResult:
         budget = self.options.memory_budget
         rules = cheap_by(analysis, costs.is_cheap_to_recompute)
@@ -196,6 +203,7 @@ class RematPartitioner(compat.CustomPartitionerFn):
             solver=self.options.solver,
             deterministic=ranks > 1,
             check=check,
+            joint=joint,
         )
         solution.notes[:0] = notes
         if not solution.feasible:

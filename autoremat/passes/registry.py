@@ -7,6 +7,7 @@ from autoremat.passes.greedy import GreedySolver
 from autoremat.passes.milp_solver import MilpSolver
 from autoremat.passes.mincut import MinCutSolver
 from autoremat.passes.solver import Solver
+from autoremat.passes.torch_knob import TorchKnobSolver
 
 #: user-selectable solvers, the default first
 SOLVERS: dict[str, type[Solver]] = {"milp": MilpSolver, "greedy": GreedySolver}
@@ -15,6 +16,9 @@ DEFAULT_SOLVER = "milp"
 #: the fallback when the chosen solver fails or finds nothing faster
 BASELINE = MinCutSolver
 FALLBACK = GreedySolver
+#: explore in every search besides the chosen solver: the baseline, the fallback's sweep, and the
+#: plans torch's own budget knob makes (so the pool always holds what we promise to beat)
+EXPLORERS: tuple[type[Solver], ...] = (BASELINE, FALLBACK, TorchKnobSolver)
 
 
 def solver_names() -> tuple[str, ...]:

@@ -11,7 +11,8 @@ Budget semantics, on the peak of the step with graph inputs excluded:
   marked infeasible (the caller warns, or raises in strict mode).
 
 The search: the runtime-optimal cut first (done if it fits); then every solver explores (the min-cut's
-least-bytes cut, greedy's sweep, the chosen solver's own least-peak search); the target is fixed; the
+least-bytes cut, greedy's sweep, the plans of torch's own budget knob, the chosen solver's own
+least-peak search); the target is fixed; the
 chosen solver proposes plans for the target and for a grid of tighter budgets (a plan that fits a
 tighter budget fits a looser one too, so with them in the pool a looser budget never picks a plan
 slower than a tighter budget picks); if it failed or found nothing faster than the others, the
@@ -35,8 +36,8 @@ from autoremat.graph.analysis import JointGraphAnalysis
 from autoremat.passes.cut import CutResult, RecomputeRules, least_memory_rules
 from autoremat.passes.mincut import solve_min_cut
 from autoremat.passes.pool import Candidate, MemoryModel, Pool
-from autoremat.passes.registry import BASELINE, FALLBACK, SOLVERS
-from autoremat.passes.solver import Deadline, SearchContext, Solver
+from autoremat.passes.registry import BASELINE, EXPLORERS, FALLBACK, SOLVERS
+from autoremat.passes.solver import Deadline, JointGraph, SearchContext, Solver
 
 log = logging.getLogger("autoremat")
 
@@ -110,6 +111,7 @@ def solve(
     solver: str = "milp",
     deterministic: bool = False,
     check: PeakCheck | None = None,
+    joint: JointGraph | None = None,
 ) -> SolveResult:
     """Plan for ``target``; ``high`` is the runtime-optimal cut under ``base``. ``deterministic``
     stops consulting the clock at all, for when several ranks must agree. With ``check``, the budget
@@ -119,7 +121,7 @@ def solve(
     deadline = Deadline(time_limit, deterministic)
     started = time.perf_counter()
     pool = Pool(analysis, costs, memory)
-    ctx = SearchContext(analysis, costs, base, high, high, pool, deadline)
+    ctx = SearchContext(analysis, costs, base, high, high, pool, deadline, joint=joint)
     checked = _Checked(ctx, check)
     if target.is_runtime_optimal:
         runtime_optimal = pool.add(high, BASELINE.name)
@@ -242,7 +244,6 @@ class _Checked:
         fitting = [c for c in self.ctx.pool.plans.values() if _within(self.check.known(c), cap)]
         return min(fitting, key=lambda c: (c.time_s, c.peak)) if fitting else None
 
-
     def lowest_within(self, cap: int) -> Candidate | None:
         """A plan whose checked peak fits ``cap`` although the least-peak plan's does not: the
         pool's lowest-peak plans are checked, lowest first, within the finalists' allowance."""
@@ -279,7 +280,7 @@ def _search(ctx: SearchContext, target: BudgetTarget, chosen: Solver, checked: _
 
     ctx.low = solve_min_cut(ctx.analysis, least_memory_rules(ctx.base))
     healthy = {}
-    for solver in _unique([BASELINE(), FALLBACK(), chosen]):
+    for solver in _unique([*(explorer() for explorer in EXPLORERS), chosen]):
         healthy[solver.name] = _guard(ctx, solver, "explore", solver.explore)
     least = ctx.least = ctx.pool.least()
     high_peak, least_peak = checked.scale(least, runtime_optimal)

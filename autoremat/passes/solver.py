@@ -28,9 +28,11 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
+
+import torch.fx as fx
 
 from autoremat.cost_models import GraphCosts
 from autoremat.graph.analysis import JointGraphAnalysis
@@ -77,6 +79,15 @@ class Deadline:
         return min(self.left(), max(self.total * SOLVE_SHARE, MIN_SOLVE_SECONDS))
 
 
+@dataclass(frozen=True)
+class JointGraph:
+    """The joint graph itself, for a solver that runs another partitioner on it (``torch_knob``)."""
+
+    module: fx.GraphModule
+    inputs: Sequence[object]
+    static_indices: list[int] | None
+
+
 @dataclass
 class SearchContext:
     """What a solver may read (and the pool and stats it may add to) during one budget search."""
@@ -94,6 +105,8 @@ class SearchContext:
     notes: list[str] = field(default_factory=list)
     #: the least-peak plan once exploration is over (None while exploring)
     least: Candidate | None = None
+    #: the joint graph, when the caller has it (a solver must work without it)
+    joint: JointGraph | None = None
 
 
 class Solver(Protocol):
