@@ -132,3 +132,31 @@ def test_a_failing_check_degrades_to_the_memory_model_with_a_note(monkeypatch):
     assert plan.predicted_peak_bytes == unchecked.predicted_peak_bytes
     assert plan.solver_stats["check_failed"] and plan.solver_stats["peak_model"] == "op-by-op"
     assert any("checking plans against Inductor's schedule failed" in n for n in plan.notes)
+
+
+def test_a_plan_is_not_optimal_while_a_faster_pooled_plan_fits_or_may():
+    """A MILP proof holds for its linearised model: when a faster pooled plan fits the target by
+    its check, or was never checked but fits the model's cap, the plan is not optimal."""
+    from types import SimpleNamespace
+
+    from autoremat.passes.search import _Checked
+
+    def plan(name: str, peak: int, time_s: float) -> Candidate:
+        return Candidate(SimpleNamespace(saved=(name,)), peak, time_s, "test")
+
+    chosen, fast_fits, fast_big, slow = (
+        plan("c", 90, 2.0),
+        plan("f", 80, 1.0),
+        plan("b", 200, 0.5),
+        plan("s", 10, 3.0),
+    )
+    pool = SimpleNamespace(plans={c.cut.saved: c for c in (chosen, fast_fits, fast_big, slow)})
+    check = ScaledCheck(share=1.0)
+    checked = _Checked(SimpleNamespace(pool=pool), check)
+    assert checked.faster_may_fit(
+        chosen, cap=100, model_cap=100
+    )  # fast_fits: unchecked, within the model cap
+    check.peak(fast_fits)
+    assert checked.faster_may_fit(chosen, cap=100, model_cap=50)  # checked, and fits
+    check.peaks[fast_fits.cut.saved] = 150
+    assert not checked.faster_may_fit(chosen, cap=100, model_cap=100)  # checked above; fast_big above too

@@ -244,6 +244,17 @@ class _Checked:
         fitting = [c for c in self.ctx.pool.plans.values() if _within(self.check.known(c), cap)]
         return min(fitting, key=lambda c: (c.time_s, c.peak)) if fitting else None
 
+    def faster_may_fit(self, best: Candidate, cap: int, model_cap: int) -> bool:
+        """Whether a pooled plan faster than ``best`` fits the target, or may (unchecked but within
+        the model's cap)."""
+        for candidate in self.ctx.pool.plans.values():
+            if candidate.time_s >= best.time_s:
+                continue
+            known = self.check.known(candidate) if self.check is not None else None
+            if (known is not None and known <= cap) or (known is None and candidate.peak <= model_cap):
+                return True
+        return False
+
     def lowest_within(self, cap: int) -> Candidate | None:
         """A plan whose checked peak fits ``cap`` although the least-peak plan's does not: the
         pool's lowest-peak plans are checked, lowest first, within the finalists' allowance."""
@@ -320,7 +331,12 @@ def _search(ctx: SearchContext, target: BudgetTarget, chosen: Solver, checked: _
     best = checked.fastest_within(cap, model_cap)
     if best is None:  # the check failed after the target was set in its units: the model's least
         best = least
-    return _result(ctx, checked, best, cap, least, runtime_optimal)
+    result = _result(ctx, checked, best, cap, least, runtime_optimal)
+    if result.status == "optimal" and checked.faster_may_fit(best, cap, model_cap):
+        # the solver's proof holds for its linearised model; a faster pooled plan that fits (or may:
+        # it was never checked) shows the plan is not optimal for the budget
+        result.status = "within-budget"
+    return result
 
 
 def _unique(solvers: list[Solver]) -> list[Solver]:
