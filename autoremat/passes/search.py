@@ -146,6 +146,8 @@ def solve(
 
 #: the most plans beyond the runtime-optimal and least-peak ones that one search checks
 MAX_FINALIST_CHECKS = 3
+#: the lowest-peak plans checked for the least one (see ``_Checked.scale``)
+LEAST_CHECKS = 2
 #: a finalist whose checked peak is estimated above the target by more than this factor is not checked
 ESTIMATE_SLACK = 1.0
 
@@ -197,13 +199,21 @@ class _Checked:
         log.warning("autoremat: %s", self.ctx.notes[-1])
         self.check = None
 
-    def scale(self, least: Candidate, runtime_optimal: Candidate) -> tuple[int, int]:
-        """Checked peaks of the two plans a fraction is interpolated between (both in one unit)."""
-        high, low = self.peak(runtime_optimal), self.peak(least)
-        if self.check is None:  # failed on the second: use the model for both
-            return runtime_optimal.peak, least.peak
-        self.anchors = (least, runtime_optimal)
-        return high, low
+    def scale(self, runtime_optimal: Candidate) -> tuple[Candidate, int, int]:
+        """The least plan and the checked peaks of the two plans a fraction is interpolated between
+        (both in one unit). The least plan is the lowest checked of the pool's ``LEAST_CHECKS``
+        lowest-peak plans: the model's least-peak plan is often not the lowest under Inductor (on
+        llama it peaked 10% above the next one), and reading budget 0 on it would make a tighter
+        budget peak higher than a looser one."""
+        lows = sorted(_frontier(self.ctx.pool.plans.values()), key=lambda c: (c.peak, c.time_s))
+        lows = lows[: LEAST_CHECKS if self.check is not None else 1]
+        high = self.peak(runtime_optimal)
+        checked = [(self.peak(c), c.time_s, i) for i, c in enumerate(lows)]
+        if self.check is None:  # none, or failed on the way: the model's peaks for all
+            return lows[0], runtime_optimal.peak, lows[0].peak
+        low, _, index = min(checked)
+        self.anchors = (lows[index], runtime_optimal)
+        return lows[index], high, low
 
     def estimate(self, model_peak: int) -> float:
         """The checked peak a plan of ``model_peak`` is expected to have (linear between anchors)."""
@@ -293,8 +303,8 @@ def _search(ctx: SearchContext, target: BudgetTarget, chosen: Solver, checked: _
     healthy = {}
     for solver in _unique([*(explorer() for explorer in EXPLORERS), chosen]):
         healthy[solver.name] = _guard(ctx, solver, "explore", solver.explore)
-    least = ctx.least = ctx.pool.least()
-    high_peak, least_peak = checked.scale(least, runtime_optimal)
+    least, high_peak, least_peak = checked.scale(runtime_optimal)
+    ctx.least = least
     if target.fraction is not None:
         cap = int(least_peak + target.fraction * (high_peak - least_peak))
     else:
