@@ -54,6 +54,7 @@ def test_memory_budget_spellings(value, expected):
         ({"solver_time_limit": 0}, ["solver_time_limit", "0", "positive"]),
         ({"solver_time_limit": "soon"}, ["solver_time_limit", "'soon'"]),
         ({"solver_time_limit": True}, ["solver_time_limit", "True"]),
+        ({"inductor_check": "sometimes"}, ["inductor_check", "'sometimes'", "bool"]),
         ({"compiler": "eager", "max_autotune": True}, ["compiler='eager'", "max_autotune"]),
     ],
 )
@@ -152,6 +153,7 @@ def test_fingerprint_changes_with_every_field():
         resolve_options({"strict": True}),
         resolve_options({"solver": "greedy"}),
         resolve_options({"solver_time_limit": 1.5}),
+        resolve_options({"inductor_check": False}),
         resolve_options({"max_autotune": True}),
         resolve_options({}, mode="max-autotune"),
     ]
