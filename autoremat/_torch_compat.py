@@ -86,8 +86,10 @@ __all__ = [
     "inductor_config",
     "inductor_mode_names",
     "inductor_memory_plan",
+    "inductor_layout_optimisation",
     "inductor_peak_patches",
     "MemoryEvent",
+    "TensorLayout",
     "fw_donated_buffer_idxs",
     "inductor_mode_options",
     "is_bwd_seed_offset",
@@ -455,6 +457,10 @@ def profiler_memory_events(prof: Any) -> list[tuple[int, int]]:
 # is private Inductor API; callers treat any exception as "no estimate".
 
 
+#: a tensor's (size, stride)
+TensorLayout = tuple[tuple[int, ...], tuple[int, ...]]
+
+
 @dataclass(frozen=True)
 class MemoryEvent:
     """One step of a generated wrapper's memory plan, free of Inductor's types.
@@ -462,7 +468,9 @@ class MemoryEvent:
     ``kind``: ``"alloc"`` (``name`` gets ``nbytes`` of new storage), ``"reuse"`` (``name`` takes over
     ``other``'s storage; with ``drop_other`` the old name is gone), ``"hold"`` (``name`` is dead but
     kept for a later reuse), ``"free"`` (``name`` released), ``"call"`` (an extern kernel runs;
-    ``origin`` is the FX node it came from, for its scratch memory).
+    ``origin`` is the FX node it came from, for its scratch memory), ``"output"`` (one per graph
+    output, in order, after the plan: the storage ``name`` it lives in, a buffer of ``nbytes`` or a
+    graph input; ``name`` is empty for a non-tensor output).
     """
 
     kind: str
@@ -471,6 +479,10 @@ class MemoryEvent:
     other: str = ""
     drop_other: bool = False
     origin: fx.Node | None = None
+    #: the (size, stride) Inductor chose, which can differ from the FX metadata (layout optimisation
+    #: runs CPU convolutions channels-last): of each tensor a ``"call"`` reads, in argument order, or of
+    #: an ``"output"``; None where not static
+    layouts: tuple[TensorLayout | None, ...] = ()
 
 
 def fw_donated_buffer_idxs(
@@ -500,6 +512,62 @@ def _origin(node: Any) -> fx.Node | None:
     return (exact or candidates or [None])[0]
 
 
+def _static_layout(node: Any) -> TensorLayout | None:
+    """(size, stride) of an Inductor IR tensor as ints; None for a non-tensor or a symbolic layout."""
+    try:
+        layout = node.get_layout()
+        exprs = (*layout.size, *layout.stride)
+    except (AttributeError, NotImplementedError):
+        return None
+    if not all(isinstance(e, (int, sympy.Integer)) for e in exprs):
+        return None
+    return tuple(int(s) for s in layout.size), tuple(int(s) for s in layout.stride)
+
+
+def _call_event(node: Any) -> MemoryEvent:
+    """An extern kernel's call, with the layouts its tensor inputs really have."""
+    layouts = tuple(_static_layout(i) for i in getattr(node, "inputs", ()))
+    return MemoryEvent("call", node.get_name(), origin=_origin(node), layouts=layouts)
+
+
+def _output_events(graph: Any) -> list[MemoryEvent]:
+    """One ``"output"`` event per graph output: the storage it lives in (a buffer, or a graph input
+    when Inductor returns an input or a view of one) and its layout. Inductor may return a new buffer
+    where the FX graph returns an input: a saved parameter copied to channels-last for the backward."""
+    events = []
+    for out in graph.graph_outputs or ():
+        if not (hasattr(out, "has_tensor_output") and out.has_tensor_output()):
+            events.append(MemoryEvent("output", ""))
+            continue
+        name = out.get_name()
+        buffer = None if name in graph.graph_inputs else graph.try_get_buffer(name)
+        nbytes = _buffer_bytes(buffer) if buffer is not None else 0
+        events.append(MemoryEvent("output", name, nbytes, layouts=(_static_layout(out),)))
+    return events
+
+
+def _restrided(inputs: list[Any], strides: Sequence[Sequence[int] | None]) -> list[Any]:
+    """The example inputs with the strides the caller really passes (as AOTAutograd restrides a
+    backward's saved activations to the strides the compiled forward returned them in)."""
+    restrided = list(inputs)
+    for i, stride in enumerate(strides):
+        x = inputs[i]
+        if stride is not None and isinstance(x, torch.Tensor) and tuple(x.stride()) != tuple(stride):
+            restrided[i] = x.as_strided(x.size(), tuple(stride))
+    return restrided
+
+
+def inductor_layout_optimisation(gm: fx.GraphModule, config_patches: dict[str, Any] | None = None) -> bool:
+    """Whether Inductor's layout optimisation applies to ``gm`` (``GraphLowering.decide_layout_opt``,
+    under ``config_patches``): it then runs the convolutions channels-last and returns the values a
+    backward saves in its own strides, where they differ from the FX metadata's."""
+    from torch._inductor.graph import GraphLowering
+
+    patches = {k: v for k, v in (config_patches or {}).items() if k != "custom_partitioner_fn"}
+    with inductor_config.patch(patches):
+        return bool(GraphLowering.decide_layout_opt(gm, is_inference=False))
+
+
 def inductor_memory_plan(
     gm: fx.GraphModule,
     *,
@@ -507,6 +575,7 @@ def inductor_memory_plan(
     donated_idxs: list[int] | None = None,
     config_patches: dict[str, Any] | None = None,
     copy_graph: bool = True,
+    input_strides: Sequence[Sequence[int] | None] = (),
 ) -> tuple[dict[str, int], list[MemoryEvent]]:
     """(graph input name → storage bytes, the wrapper's memory events) of ``gm`` compiled by Inductor.
 
@@ -514,7 +583,10 @@ def inductor_memory_plan(
     metadata, under ``config_patches``. Two pieces of compile_fx's context are supplied by hand: the
     donated backward inputs (``donated_idxs``, read by GraphLowering from a TracingContext there is
     none of here) and a DebugContext for V.debug. ``copy_graph=False`` lets Inductor's post-grad
-    passes rewrite ``gm`` itself, for a caller that made it only to be replayed.
+    passes rewrite ``gm`` itself, for a caller that made it only to be replayed. ``input_strides`` (per
+    placeholder, None to keep the metadata's) restrides the inputs as compile_fx's caller does: a
+    backward's saved activations arrive in the layout the compiled forward returned them in (its
+    ``"output"`` events).
     """
     import copy
 
@@ -525,7 +597,7 @@ def inductor_memory_plan(
     # inside a compile (the partitioner runs in AOTAutograd) the compile's own fake mode and tracing
     # context are active; this lowering must neither mix with nor write to them
     with unset_fake_temporarily(), torch._guards.tracing(None):
-        return _inductor_memory_plan(gm, is_backward, donated_idxs, config_patches)
+        return _inductor_memory_plan(gm, is_backward, donated_idxs, config_patches, input_strides)
 
 
 def _inductor_memory_plan(
@@ -533,6 +605,7 @@ def _inductor_memory_plan(
     is_backward: bool,
     donated_idxs: list[int] | None,
     config_patches: dict[str, Any] | None,
+    input_strides: Sequence[Sequence[int] | None],
 ) -> tuple[dict[str, int], list[MemoryEvent]]:
     import contextlib
 
@@ -551,6 +624,7 @@ def _inductor_memory_plan(
         mode.from_tensor(v) if isinstance(v := p.meta.get("val"), torch.Tensor) else v
         for p in gm.graph.find_nodes(op="placeholder")
     ]
+    inputs = _restrided(inputs, input_strides)
     patches = {k: v for k, v in (config_patches or {}).items() if k != "custom_partitioner_fn"}
     # the memory plan does not depend on how a CPU kernel's loops are vectorised, and choosing the
     # vector tiling is most of the code generation's time
@@ -613,11 +687,12 @@ def _inductor_memory_plan(
                             nbytes = _buffer_bytes(buffer) if buffer is not None else 0
                             events.append(MemoryEvent("alloc", later.result_name, nbytes))
                             pre_allocated.add(later.result_name)
-                events.append(MemoryEvent("call", node.get_name(), origin=_origin(node)))
+                events.append(_call_event(node))
             elif isinstance(line, wrapper.ExternKernelOutLine):
-                events.append(MemoryEvent("call", line.node.get_name(), origin=_origin(line.node)))
+                events.append(_call_event(line.node))
             elif isinstance(line, wrapper.MultiOutputLine) and line.result_name not in pre_allocated:
                 buffer = graph.try_get_buffer(line.result_name)
                 nbytes = _buffer_bytes(buffer) if buffer is not None else 0
                 events.append(MemoryEvent("alloc", line.result_name, nbytes))
+        events.extend(_output_events(graph))
     return graph_inputs, events

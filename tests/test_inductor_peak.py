@@ -6,9 +6,11 @@ schedule:
 - the plan's predicted peak (checked against Inductor's memory plan) is within 5% of it, and so is
   a fresh replay of the compiled graphs' memory plan (``cost_models/inductor_memory.py``);
 - byte budgets between the least and the runtime-optimal peak: strict mode accepts them and the
-  measured peak stays within 2% of them.
+  measured peak stays within 2% of them;
+- on a convolution net, which Inductor runs channels-last, the replay is within 3% of the measured
+  peak (it was 7-40% high: NCHW scratch rules, and a backward lowered in the FX graph's layouts).
 
-Slow: fourteen Inductor compiles and their replays."""
+Slow: sixteen Inductor compiles and their replays."""
 
 from __future__ import annotations
 
@@ -22,6 +24,8 @@ BUDGETS = (1.0, 0.5, 0.25, 0.0)
 #: this, and a prediction is accurate within ACCURACY of the measured peak
 SLACK = 1.02
 ACCURACY = 0.05
+#: the replay's accuracy on the convolution net (it matches to a few bytes on this CPU)
+CONV_ACCURACY = 0.03
 
 
 @pytest.mark.slow
@@ -40,3 +44,11 @@ def test_peak_under_inductor_falls_with_the_budget_and_its_memory_plan_predicts_
         row = measure(name, "quick", "inductor", cap, torch.device("cpu"))
         assert row["refused"] is None and row["status"] != "budget-infeasible", row
         assert row["measured_peak"] <= cap * SLACK, row
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("budget", [1.0, 0.0])
+def test_memory_plan_of_a_channels_last_convolution_net_predicts_its_peak(budget):
+    row = measure("resnet", "smoke", "inductor", budget, torch.device("cpu"))
+    assert row["inductor_plan_peak"] == pytest.approx(row["measured_peak"], rel=CONV_ACCURACY), row
+    assert row["predicted_peak"] == pytest.approx(row["measured_peak"], rel=CONV_ACCURACY), row

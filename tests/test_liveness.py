@@ -4,7 +4,7 @@
 - the predicted peak matches the CPU allocator's measured peak on the codegen-free path (the graphs run
   op by op, exactly what the model simulates) at every budget, to the measured error of each model
   (``TOLERANCE``), and the measured peak does not grow as the budget falls;
-- each kernel-scratch rule agrees with a measurement of that kernel.
+- each kernel-scratch rule agrees with a measurement of that kernel, NCHW and channels-last.
 """
 
 from __future__ import annotations
@@ -160,6 +160,48 @@ def test_convolution_scratch_rule_matches_measurement(shape):
     assert workspace_bytes(_node(aten.convolution_backward.default, bargs)) == pytest.approx(
         measured, rel=0.1
     )
+
+
+@pytest.mark.parametrize(
+    ("shape", "in_channels", "output_mask"),
+    [
+        ((8, 16, 16, 16), 16, [True, True, False]),  # the quick suite's resnet block
+        ((4, 16, 32, 32), 16, [True, True, False]),
+        ((8, 32, 16, 16), 32, [True, True, False]),  # weight larger than the oneDNN scratchpad
+        ((8, 16, 16, 16), 3, [True, True, False]),  # input channels padded to the block
+        ((8, 16, 16, 16), 3, [False, True, False]),  # a stem: no gradient for the batch
+    ],
+)
+def test_channels_last_convolution_scratch_rule_matches_measurement(shape, in_channels, output_mask):
+    """Inductor runs CPU convolutions channels-last: oneDNN then reorders no activation, and the
+    scratch is about a weight or two, not the NCHW rule's input (+ grad_output) (resnet's replay
+    over-counted 271 KB per backward convolution with the NCHW rule)."""
+    n, c, h, w = shape
+    channels_last = torch.channels_last
+    x = torch.randn(n, in_channels, h, w).to(memory_format=channels_last)
+    weight = torch.randn(c, in_channels, 3, 3).to(memory_format=channels_last)
+    args = (x, weight, None, [1, 1], [1, 1], [1, 1], False, [0, 0], 1)
+    measured = _scratch(lambda: aten.convolution.default(*args))
+    assert workspace_bytes(_node(aten.convolution.default, args)) == pytest.approx(measured, rel=0.1)
+    go = aten.convolution.default(*args)
+    bargs = (go, x, weight, [0], [1, 1], [1, 1], [1, 1], False, [0, 0], 1, output_mask)
+    measured = _scratch(lambda: aten.convolution_backward.default(*bargs))
+    assert workspace_bytes(_node(aten.convolution_backward.default, bargs)) == pytest.approx(
+        measured, rel=0.1
+    )
+
+
+def test_scratch_rules_read_the_layouts_the_kernel_really_gets():
+    """The FX metadata says NCHW where Inductor lays a convolution out channels-last: the layouts
+    passed in win over the metadata."""
+    x, weight = torch.randn(8, 16, 16, 16), torch.randn(16, 16, 3, 3)
+    args = (x, weight, None, [1, 1], [1, 1], [1, 1], False, [0, 0], 1)
+    node = _node(aten.convolution.default, args)
+    nhwc = (tuple(x.shape), (4096, 1, 256, 16)), (tuple(weight.shape), (144, 1, 48, 16))
+    channels_last = [t.to(memory_format=torch.channels_last) for t in (x, weight)]
+    expected = workspace_bytes(_node(aten.convolution.default, (*channels_last, *args[2:])))
+    assert workspace_bytes(node, nhwc) == expected < workspace_bytes(node)
+    assert workspace_bytes(node, nhwc[:1]) == workspace_bytes(node)  # layouts that do not pair up
 
 
 @pytest.mark.parametrize("seq", [128, 512, 1024])

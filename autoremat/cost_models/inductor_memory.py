@@ -5,7 +5,10 @@ Inductor").
 The op-by-op model (``liveness.py``) is exact for the codegen-free compiler, but Inductor fuses kernels,
 overwrites donated buffers in place and reuses buffers, and its peak moves. Replaying the wrapper's
 allocations, reuses and frees, plus each extern kernel's scratch (``workspace.py``), matched the CPU
-allocator's measured peak on gpt2, llama, deep_mlp and long_context at every budget of the quick suite.
+allocator's measured peak on every model and budget of the quick suite, resnet to a few bytes once the
+replay followed Inductor's channels-last layouts: the backward lowered with the strides the forward
+returns its saved values in, the forward's channels-last copies of saved parameters counted as
+activations, and convolution scratch for the layouts the kernels really get.
 It needs Inductor's lowering and scheduling (about 1-1.5 s a graph on 2 CPU cores at the suite's
 sizes, with the kernels' vector tiling skipped), so the search checks a few finished plans with it
 (``passes/inductor_check.py``); it is not a model a solver can query per candidate.
@@ -60,45 +63,88 @@ def _nbytes(value: object) -> int:
 
 
 @dataclass(frozen=True)
+class _Returned:
+    """Where one forward output lives when the forward returns: ``storage`` identifies the storage
+    (shared by views), None for a parameter, the batch or a view of one (not activation memory);
+    ``stride`` is the compiled forward's where known, None to go by the FX metadata."""
+
+    storage: object
+    nbytes: int = 0
+    stride: tuple[int, ...] | None = None
+
+
+def _returned_by_fx(fw: fx.GraphModule) -> list[_Returned]:
+    """The forward's outputs as its FX metadata says: exact when Inductor keeps the graph's layouts."""
+    inputs = {_storage(_val(p)) for p in fw.graph.find_nodes(op="placeholder")} - {None}
+    returned = []
+    for node in _outputs(fw):
+        value = _val(node)
+        storage = _storage(value)
+        activation = storage is not None and storage not in inputs
+        returned.append(_Returned(storage, _nbytes(value)) if activation else _Returned(None))
+    return returned
+
+
+def _returned_by_inductor(
+    fw_inputs: dict[str, int], events: Sequence[compat.MemoryEvent], count: int
+) -> list[_Returned]:
+    """The forward's outputs as Inductor's lowered forward returns them (its ``"output"`` events).
+
+    Under layout optimisation they differ from the FX graph's: saved activations come back
+    channels-last, and a saved parameter or batch feeding a convolution (an input in FX, so no
+    activation) comes back as a new channels-last copy, live until the backward's last use of it."""
+    outputs = [e for e in events if e.kind == "output"]
+    if len(outputs) != count:
+        raise ValueError(f"Inductor's forward returns {len(outputs)} values, its FX graph {count}")
+    returned = []
+    for event in outputs:
+        layout = event.layouts[0] if event.layouts else None
+        stride = layout[1] if layout is not None else None
+        fresh = bool(event.name) and event.name not in fw_inputs
+        returned.append(_Returned(event.name if fresh else None, event.nbytes, stride))
+    return returned
+
+
+@dataclass(frozen=True)
 class _Handoff:
     """What the forward hands the backward: which backward inputs are activations (freed by the
-    backward after their last use), their storage groups, and the bytes live at the forward's end."""
+    backward after their last use), their storage groups, the bytes live at the forward's end, and
+    the strides the backward's inputs arrive in."""
 
     activations: dict[str, str]  # backward input name -> the input standing for its storage
     forward_end_bytes: int
-    donated_idxs: list[int]
+    input_strides: list[tuple[int, ...] | None]  # per backward placeholder; None: the metadata's
 
 
-def _handoff(fw: fx.GraphModule, bw: fx.GraphModule, num_fwd_outputs: int) -> _Handoff:
-    placeholders = fw.graph.find_nodes(op="placeholder")
-    inputs = {_storage(_val(p)) for p in placeholders} - {None}
-    outputs = _outputs(fw)
-    user, saved = outputs[:num_fwd_outputs], outputs[num_fwd_outputs:]
-    seen: set[object] = set()
-    end_bytes = 0
-    saved_names: set[str] = set()
-    for position, node in enumerate((*user, *saved)):
-        value = _val(node)
-        storage = _storage(value)
-        if storage is None or storage in inputs:
-            continue  # a parameter, the batch, or a view of one: not activation memory
-        if position >= len(user):
-            saved_names.add(node.name)
-        if storage not in seen:
-            seen.add(storage)
-            end_bytes += _nbytes(value)
+def _handoff(
+    output_names: Sequence[str | None], returned: Sequence[_Returned], bw: fx.GraphModule
+) -> _Handoff:
+    """The handoff of a forward whose outputs (FX names ``output_names``, the user's then the saved
+    values) live where ``returned`` says; every storage counts once."""
+    by_name = {name: r for name, r in zip(output_names, returned, strict=True) if name is not None}
+    end_bytes = sum({r.storage: r.nbytes for r in returned if r.storage is not None}.values())
     activations: dict[str, str] = {}
     owner: dict[object, str] = {}
+    strides: list[tuple[int, ...] | None] = []
     for p in bw.graph.find_nodes(op="placeholder"):
-        if (p.name in saved_names or compat.is_tangent(p)) and isinstance(_val(p), torch.Tensor):
+        saved = by_name.get(p.name)
+        strides.append(saved.stride if saved is not None else None)
+        if saved is not None and saved.storage is not None:
+            activations[p.name] = owner.setdefault(saved.storage, p.name)
+        elif compat.is_tangent(p) and isinstance(_val(p), torch.Tensor):
             activations[p.name] = owner.setdefault(_storage(_val(p)), p.name)
-    donated = compat.fw_donated_buffer_idxs(
-        [_val(p) for p in placeholders],
-        [_val(n) for n in user],
+    return _Handoff(activations, end_bytes, strides)
+
+
+def _donated_idxs(fw: fx.GraphModule, bw: fx.GraphModule, num_fwd_outputs: int) -> list[int]:
+    """The backward inputs AOTAutograd lets Inductor overwrite, from the FX metadata as it does."""
+    outputs = _outputs(fw)
+    return compat.fw_donated_buffer_idxs(
+        [_val(p) for p in fw.graph.find_nodes(op="placeholder")],
+        [_val(n) for n in outputs[:num_fwd_outputs]],
         [_val(n) for n in _outputs(bw)],
-        [_val(n) for n in saved],
+        [_val(n) for n in outputs[num_fwd_outputs:]],
     )
-    return _Handoff(activations, end_bytes, donated)
 
 
 def _replay(
@@ -146,10 +192,26 @@ def _replay(
                     members[sid].discard(event.other)
         elif event.kind == "free":
             release(event.name)
-        live = sum(size.values())
-        scratch = workspace_bytes(event.origin) if event.kind == "call" and event.origin is not None else 0
-        peak = max(peak, live + scratch)
+        peak = max(peak, sum(size.values()) + _scratch(event))
     return peak, start
+
+
+def _scratch(event: compat.MemoryEvent) -> int:
+    """Scratch of an extern kernel's call, for its inputs as Inductor lays them out."""
+    if event.kind != "call" or event.origin is None:
+        return 0
+    return workspace_bytes(event.origin, event.layouts)
+
+
+def _replay_forward(
+    fw: fx.GraphModule, config_patches: dict[str, Any] | None, copy_graph: bool, num_outputs: int
+) -> tuple[int, list[_Returned]]:
+    """The forward's peak under Inductor's plan, and its outputs as the lowered forward returns them."""
+    fw_inputs, fw_events = compat.inductor_memory_plan(
+        fw, is_backward=False, config_patches=config_patches, copy_graph=copy_graph
+    )
+    peak, _ = _replay(fw_inputs, fw_events, {})
+    return peak, _returned_by_inductor(fw_inputs, fw_events, num_outputs)
 
 
 def inductor_step_peak(
@@ -170,24 +232,34 @@ def inductor_step_peak(
     backward's replayed peak is already at least that high: the step peak is the backward's then, and
     the forward costs as much to replay as the backward. ``own_graphs``: the caller made ``fw`` and
     ``bw`` only for this, so Inductor's passes may rewrite them instead of copies.
+
+    Where Inductor re-lays out the forward's values (layout optimisation: CPU convolutions run
+    channels-last), the forward is replayed first and the backward is lowered with its saved inputs in
+    the strides the forward returns them in, as AOTAutograd compiles it.
     """
-    handoff = _handoff(fw, bw, num_fwd_outputs)
     copy_graph = not own_graphs
+    # read from the FX graphs before a lowering may rewrite them (``own_graphs``)
+    output_names = [n.name if isinstance(n, fx.Node) else None for n in _outputs(fw)]
+    returned = _returned_by_fx(fw)
+    donated = _donated_idxs(fw, bw, num_fwd_outputs)
+    fw_peak = None
+    if compat.inductor_layout_optimisation(fw, config_patches):
+        # lowered with the FX metadata's strides, the backward would plan copies the real one never makes
+        fw_peak, returned = _replay_forward(fw, config_patches, copy_graph, len(output_names))
+    handoff = _handoff(output_names, returned, bw)
     bw_inputs, bw_events = compat.inductor_memory_plan(
         bw,
         is_backward=True,
-        donated_idxs=handoff.donated_idxs,
+        donated_idxs=donated,
         config_patches=config_patches,
         copy_graph=copy_graph,
+        input_strides=handoff.input_strides,
     )
     bw_peak, bw_start = _replay(bw_inputs, bw_events, handoff.activations)
     # the backward's peak above its start, on top of everything the forward left live
     backward = handoff.forward_end_bytes + bw_peak - bw_start
-    if forward_bound is not None and backward >= forward_bound:
+    if fw_peak is None and forward_bound is not None and backward >= forward_bound:
         fw_peak = forward_bound
-    else:
-        fw_inputs, fw_events = compat.inductor_memory_plan(
-            fw, is_backward=False, config_patches=config_patches, copy_graph=copy_graph
-        )
-        fw_peak, _ = _replay(fw_inputs, fw_events, {})
+    elif fw_peak is None:
+        fw_peak, _ = _replay_forward(fw, config_patches, copy_graph, len(output_names))
     return InductorStepPeak(max(fw_peak, backward), fw_peak, backward, handoff.forward_end_bytes)
