@@ -119,6 +119,19 @@ def capture_joint_graphs(model: Callable[..., object], *inputs: torch.Tensor) ->
     return captured
 
 
+def step_peak_bytes(step: Callable[[], object], device: torch.device) -> int:
+    """Peak bytes of one ``step`` above what was allocated before it: CUDA's
+    ``max_memory_allocated`` on a CUDA device, else the CPU allocator's (``cpu_peak_bytes``)."""
+    if device.type != "cuda":
+        return cpu_peak_bytes(step)
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    start = torch.cuda.memory_allocated()
+    step()
+    torch.cuda.synchronize()
+    return torch.cuda.max_memory_allocated() - start
+
+
 def cpu_peak_bytes(step: Callable[[], object]) -> int:
     """Peak of live CPU allocator bytes during ``step``, above what was live when it started.
 

@@ -17,27 +17,14 @@ import argparse
 import ast
 import contextlib
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import torch
 
+from autoremat.measure import step_peak_bytes
 from benchmarks.models import PROFILES
 
 BUDGETS = (1.0, 0.75, 0.5, 0.25, 0.1, 0.0)
-
-
-def _step_peak(step: Callable[[], None], device: torch.device) -> int:
-    """Peak bytes of one ``step`` above what was allocated before it."""
-    from autoremat.measure import cpu_peak_bytes
-
-    if device.type != "cuda":
-        return cpu_peak_bytes(step)
-    torch.cuda.synchronize()
-    torch.cuda.reset_peak_memory_stats()
-    start = torch.cuda.memory_allocated()
-    step()
-    torch.cuda.synchronize()
-    return torch.cuda.max_memory_allocated() - start
 
 
 def measure(
@@ -83,7 +70,7 @@ def measure(
     def step() -> None:
         compiled(*batch).backward()
 
-    measured = _step_peak(step, device)
+    measured = step_peak_bytes(step, device)
     predicted = sum(p.predicted_peak_bytes or 0 for p in plans)
     gaps = [p.optimality_gap for p in plans if p.optimality_gap is not None]
     return {
@@ -169,7 +156,7 @@ def measure_torch(
         compiled = torch.compile(model)
         compiled(*batch).backward()
         model.zero_grad(set_to_none=True)
-        measured = _step_peak(lambda: compiled(*batch).backward(), device)
+        measured = step_peak_bytes(lambda: compiled(*batch).backward(), device)
     return {"model": model_name, "strategy": strategy, "budget": budget, "measured_peak": measured}
 
 

@@ -35,10 +35,11 @@ def test_every_strategy_runs_and_matches_eager(rows):
     assert all(r["predicted_peak_bytes"] > 0 for r in autoremat_rows)
     # At this size deep_mlp's least and runtime-optimal peaks coincide (about 161 KiB; recomputing
     # lowers nothing), so budget 0.5 gets that plan, and 40000 bytes is below it: the runner records
-    # the target, the budget-infeasible status, and the least-peak plan that was used instead.
+    # the target, the budget-infeasible status, and the least-peak plan that was used instead (under
+    # Inductor's check a faster plan of the same checked peak can be the least one).
     fraction_row, byte_row = autoremat_rows
     assert fraction_row["plan_status"] == "min-cut/optimal"
-    assert byte_row["target_bytes"] == 40000 and byte_row["plan_status"] == "min-cut/budget-infeasible"
+    assert byte_row["target_bytes"] == 40000 and byte_row["plan_status"].endswith("/budget-infeasible")
     assert byte_row["predicted_peak_bytes"] == fraction_row["predicted_peak_bytes"] > 40000
 
 

@@ -24,7 +24,13 @@ import torch
 
 import autoremat
 from autoremat.demo.model import GPT, GPTConfig, example_batch
-from autoremat.measure import cpu_peak_bytes, max_relative_error, measure_saved_bytes, median_seconds
+from autoremat.measure import (
+    cpu_peak_bytes,
+    max_relative_error,
+    measure_saved_bytes,
+    median_seconds,
+    step_peak_bytes,
+)
 
 
 @dataclass
@@ -108,12 +114,7 @@ def _peak_bytes(step) -> int:
     if not torch.cuda.is_available():
         with _without_profiler_log():
             return cpu_peak_bytes(step)
-    torch.cuda.synchronize()
-    torch.cuda.reset_peak_memory_stats()
-    start = torch.cuda.memory_allocated()
-    step()
-    torch.cuda.synchronize()
-    return torch.cuda.max_memory_allocated() - start
+    return step_peak_bytes(step, torch.device("cuda"))
 
 
 def format_table(rows: list[Row], baseline: Row) -> str:
