@@ -17,6 +17,7 @@ import time
 
 import torch
 
+from autoremat import _torch_compat as compat
 from benchmarks.models import PROFILES, case_by_name
 
 STRATEGIES = ("torch_budget", "autoremat_unchecked", "autoremat")
@@ -38,7 +39,7 @@ def first_step_seconds(model_name: str, profile: str, strategy: str, budget: flo
         check = strategy == "autoremat"
         backend = autoremat.backend(memory_budget=budget, inductor_check=check)
         patch, compiled = {}, torch.compile(model, backend=backend)
-    with torch._functorch.config.patch(patch), torch.compiler.config.patch(force_disable_caches=True):
+    with compat.functorch_config.patch(patch), torch.compiler.config.patch(force_disable_caches=True):
         started = time.perf_counter()
         compiled(*batch).backward()
         seconds = time.perf_counter() - started

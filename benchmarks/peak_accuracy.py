@@ -21,6 +21,7 @@ from collections.abc import Iterator
 
 import torch
 
+from autoremat import _torch_compat as compat
 from autoremat.measure import step_peak_bytes
 from benchmarks.models import PROFILES
 
@@ -152,7 +153,7 @@ def measure_torch(
     batch = case.batch(device)
     torch.compiler.reset()
     patch = {} if budget is None else {"activation_memory_budget": budget}
-    with torch._functorch.config.patch(patch), torch.compiler.config.patch(force_disable_caches=True):
+    with compat.functorch_config.patch(patch), torch.compiler.config.patch(force_disable_caches=True):
         compiled = torch.compile(model)
         compiled(*batch).backward()
         model.zero_grad(set_to_none=True)
@@ -221,6 +222,22 @@ def references_table(rows: list[dict], references: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def _fraction_rows_marked(rows: list[dict], slack: float = 1.02) -> list[tuple[dict, str]]:
+    """The fraction-budget rows in order, each with "yes" when its measured peak is within ``slack``
+    of the lowest peak a looser budget of the same model and compiler reached, "NO" when above, and
+    "" for the loosest budget."""
+    lowest: dict[tuple[str, str], int] = {}
+    marked = []
+    for r in rows:
+        if r.get("budget_kind", "fraction") != "fraction":
+            continue
+        key = (r["model"], r["compiler"])
+        mark = "" if key not in lowest else ("yes" if r["measured_peak"] <= lowest[key] * slack else "NO")
+        lowest[key] = min(r["measured_peak"], lowest.get(key, r["measured_peak"]))
+        marked.append((r, mark))
+    return marked
+
+
 def table(rows: list[dict]) -> str:
     lines = [
         "| model | compiler | budget | solver / status | gap | saved MiB | predicted peak MiB | "
@@ -228,15 +245,7 @@ def table(rows: list[dict]) -> str:
         "non-increasing (2% slack) | predicted recompute ms | partition s |",
         "|---|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|",
     ]
-    previous: dict[tuple[str, str], int] = {}
-    for r in rows:
-        if r.get("budget_kind", "fraction") != "fraction":
-            continue
-        key = (r["model"], r["compiler"])
-        monotone = (
-            "" if key not in previous else ("yes" if r["measured_peak"] <= previous[key] * 1.02 else "NO")
-        )
-        previous[key] = min(r["measured_peak"], previous.get(key, r["measured_peak"]))
+    for r, monotone in _fraction_rows_marked(rows):
         gap = "" if r["gap"] is None else f"{r['gap']:.1%}"
         replayed = r.get("inductor_plan_peak")
         plan_mib = "" if replayed is None else f"{replayed / 2**20:.3f}"
@@ -260,14 +269,8 @@ def comparison(rows: list[dict], reference: list[dict], slack: float = 1.02) -> 
         f"non-increasing ({slack - 1:.0%} slack) |",
         "|---|---:|---:|---:|---:|---|",
     ]
-    previous: dict[tuple[str, str], int] = {}
-    for r in rows:
-        if r.get("budget_kind", "fraction") != "fraction":
-            continue
-        key = (r["model"], r["compiler"])
+    for r, ok in _fraction_rows_marked(rows, slack):
         before = ref.get((r["model"], r["compiler"], r["budget"]))
-        ok = "" if key not in previous else ("yes" if r["measured_peak"] <= previous[key] * slack else "NO")
-        previous[key] = r["measured_peak"]
         measured = r["measured_peak"]
         ref_mib = "" if before is None else f"{before / 2**20:.3f}"
         ratio = "" if before is None else f"{measured / before:.3f}"
