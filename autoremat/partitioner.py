@@ -167,7 +167,7 @@ class RematPartitioner(compat.CustomPartitionerFn):
         codegen-free path runs the op-by-op schedule, which the memory model simulates exactly)."""
         if self.options.compiler != "inductor" or not self.options.inductor_check:
             return None
-        return InductorCheck(gm, analysis, MEMORY, inductor_patches(self.options))
+        return InductorCheck(gm, analysis, inductor_patches(self.options))
 
     def _solve(
         self,

@@ -22,7 +22,7 @@ import torch.fx as fx
 
 from autoremat.cost_models.inductor_memory import inductor_step_peak
 from autoremat.graph.analysis import JointGraphAnalysis
-from autoremat.passes.pool import Candidate, MemoryModel
+from autoremat.passes.pool import Candidate
 from autoremat.passes.rewrite import split_joint_graph
 
 log = logging.getLogger("autoremat")
@@ -42,10 +42,9 @@ class InductorCheck:
         self,
         joint: fx.GraphModule,
         analysis: JointGraphAnalysis,
-        memory: MemoryModel,
         config_patches: dict[str, Any],
     ) -> None:
-        self.joint, self.analysis, self.memory = joint, analysis, memory
+        self.joint, self.analysis = joint, analysis
         self.config_patches = config_patches
         self._peaks: dict[tuple[fx.Node, ...], int] = {}
         self.seconds = 0.0
@@ -63,7 +62,7 @@ class InductorCheck:
             started = time.perf_counter()
             # the op-by-op forward peak bounds Inductor's (which materialises a subset of the
             # forward's buffers), so the forward is replayed only when it could hold the step peak
-            bound = self.memory.peak(self.analysis, saved).forward_peak_bytes
+            bound = candidate.forward_peak or None
             fw, bw = split_joint_graph(self.joint, self.analysis, saved)
             for node in (*fw.graph.nodes, *bw.graph.nodes):
                 # the split shares some nodes' metadata with the joint graph, and the replay's

@@ -30,6 +30,9 @@ class Candidate:
     source: str
     #: that solver's proven relative gap for its objective, when it has one
     gap: float | None = None
+    #: the memory model's peak of the forward alone (it bounds a checked forward's, see
+    #: ``inductor_check``)
+    forward_peak: int = 0
 
 
 def complete_saved(analysis: JointGraphAnalysis, saved: Iterable[fx.Node]) -> CutResult:
@@ -62,9 +65,10 @@ class Pool:
         known = self.plans.get(cut.saved)
         if known is not None:
             return known
-        peak = self.memory.peak(self.analysis, cut.saved).peak_bytes
+        report = self.memory.peak(self.analysis, cut.saved)
         seconds = self.costs.value(self.costs.recompute_time(self.analysis.recomputed(cut.saved)))
-        candidate = self.plans[cut.saved] = Candidate(cut, peak, seconds, source, gap)
+        candidate = Candidate(cut, report.peak_bytes, seconds, source, gap, report.forward_peak_bytes)
+        self.plans[cut.saved] = candidate
         return candidate
 
     def __contains__(self, cut: CutResult) -> bool:

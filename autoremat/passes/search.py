@@ -165,10 +165,6 @@ class _Checked:
         self.anchors: tuple[Candidate, Candidate] | None = None
 
     @property
-    def active(self) -> bool:
-        return self.check is not None
-
-    @property
     def model_name(self) -> str:
         return self.check.name if self.check is not None else self.ctx.pool.memory.name
 
