@@ -183,3 +183,67 @@ def test_below_the_least_plans_checked_peak_the_next_lowest_plans_are_checked_be
     check.peaks.clear()
     check.peak(plans[0])
     assert checked.lowest_within(cap=90) is plans[2]
+
+
+def _scale_fixture(peaks: dict[str, int]):
+    """A runtime-optimal plan and two low plans with the checked peaks ``peaks``; a pool, a check."""
+    from types import SimpleNamespace
+
+    from autoremat.passes.search import _Checked
+    from autoremat.passes.solver import Deadline
+
+    plans = {
+        "high": Candidate(SimpleNamespace(saved=("high",)), 300, 1.0, "test"),
+        "least": Candidate(SimpleNamespace(saved=("least",)), 100, 3.0, "test"),
+        "next": Candidate(SimpleNamespace(saved=("next",)), 110, 2.0, "test"),
+    }
+    pool = SimpleNamespace(plans={c.cut.saved: c for c in plans.values()})
+    check = ScaledCheck(share=1.0)
+    check.peak = lambda c: check.peaks.setdefault(c.cut.saved, peaks[c.cut.saved[0]])
+    return plans, check, _Checked(SimpleNamespace(pool=pool, deadline=Deadline(60.0), notes=[]), check)
+
+
+def test_the_next_lowest_plan_is_checked_only_when_it_could_be_the_least():
+    # the least checks at 0.7 of its model peak and the runtime-optimal at 0.9: the next plan
+    # (model 110) could check at 77, above the least's 70, so it is not checked
+    plans, check, checked = _scale_fixture({"high": 270, "least": 70, "next": 50})
+    least, high, low = checked.scale(plans["high"])
+    assert (least, high, low) == (plans["least"], 270, 70)
+    assert check.known(plans["next"]) is None and check.checks == 2
+    # the least checks at 1.0, the runtime-optimal at 0.7: at 0.7 the next plan could check at 77,
+    # below the least's 100, so it is checked, and it is the least under the check
+    plans, check, checked = _scale_fixture({"high": 210, "least": 100, "next": 90})
+    least, high, low = checked.scale(plans["high"])
+    assert (least, high, low) == (plans["next"], 210, 90) and check.checks == 3
+
+
+def test_a_replayed_forward_calibrates_the_estimate_that_spares_later_forward_replays(monkeypatch):
+    """InductorCheck replays a plan's forward only when the backward's checked peak is below the
+    forward's estimate: the op-by-op forward peak, less the least overshoot a replay showed."""
+    from types import SimpleNamespace
+
+    from autoremat.cost_models.inductor_memory import InductorStepPeak
+    from autoremat.passes import inductor_check
+
+    bounds = []
+
+    def step_peak(fw, bw, n, patches, *, forward_bound, own_graphs):
+        bounds.append(forward_bound)
+        backward = 900
+        if forward_bound is not None and backward >= forward_bound:
+            return InductorStepPeak(backward, forward_bound, backward, 500, forward_replayed=False)
+        return InductorStepPeak(max(backward, 800), 800, backward, 500)  # the forward replays at 800
+
+    graph = SimpleNamespace(graph=SimpleNamespace(nodes=[]))
+    monkeypatch.setattr(inductor_check, "split_joint_graph", lambda *a: (graph, graph))
+    monkeypatch.setattr(inductor_check, "inductor_step_peak", step_peak)
+    check = inductor_check.InductorCheck(None, SimpleNamespace(num_fwd_outputs=1), {})
+
+    def plan(name: str, forward_peak: int) -> Candidate:
+        return Candidate(SimpleNamespace(saved=(name,)), 2000, 1.0, "test", None, forward_peak)
+
+    assert check.peak(plan("a", 1000)) == 900 and bounds == [1000]  # bound 1000 > 900: replayed
+    assert check.forward_overshoot == 200 and check.forward_replays == 1
+    assert check.peak(plan("b", 1050)) == 900 and bounds[-1] == 850  # estimate 850 <= 900: spared
+    assert check.forward_replays == 1
+    assert check.peak(plan("c", 1150)) == 900 and bounds[-1] == 950 and check.forward_replays == 2

@@ -42,6 +42,8 @@ class InductorStepPeak:
     backward_peak_bytes: int
     #: live at the end of the forward: saved activations and the user's outputs (storages once)
     forward_end_bytes: int
+    #: whether the forward was replayed; False when ``forward_bound`` stood in for its peak
+    forward_replayed: bool = True
 
 
 def _outputs(gm: fx.GraphModule) -> list[Any]:
@@ -228,9 +230,10 @@ def inductor_step_peak(
     the Inductor settings the real compile gets (``config_patches``). Raises whatever Inductor raises.
 
     ``forward_bound``, an upper bound on the forward's peak (the op-by-op model's: Inductor's fused
-    forward materialises a subset of its buffers), lets a planner skip replaying the forward when the
-    backward's replayed peak is already at least that high: the step peak is the backward's then, and
-    the forward costs as much to replay as the backward. ``own_graphs``: the caller made ``fw`` and
+    forward materialises a subset of its buffers) or a planner's estimate of it, lets a planner skip
+    replaying the forward when the backward's replayed peak is already at least that high: the step
+    peak is the backward's then, and the forward costs as much to replay as the backward.
+    ``own_graphs``: the caller made ``fw`` and
     ``bw`` only for this, so Inductor's passes may rewrite them instead of copies.
 
     Where Inductor re-lays out the forward's values (layout optimisation: CPU convolutions run
@@ -258,8 +261,11 @@ def inductor_step_peak(
     bw_peak, bw_start = _replay(bw_inputs, bw_events, handoff.activations)
     # the backward's peak above its start, on top of everything the forward left live
     backward = handoff.forward_end_bytes + bw_peak - bw_start
-    if fw_peak is None and forward_bound is not None and backward >= forward_bound:
+    replayed = fw_peak is not None or forward_bound is None or backward < forward_bound
+    if not replayed:
         fw_peak = forward_bound
     elif fw_peak is None:
         fw_peak, _ = _replay_forward(fw, config_patches, copy_graph, len(output_names))
-    return InductorStepPeak(max(fw_peak, backward), fw_peak, backward, handoff.forward_end_bytes)
+    return InductorStepPeak(
+        max(fw_peak, backward), fw_peak, backward, handoff.forward_end_bytes, forward_replayed=replayed
+    )
