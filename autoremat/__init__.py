@@ -8,6 +8,7 @@ from autoremat.backend import RematBackend, autoremat_backend, backend
 from autoremat.explain import Report, explain
 from autoremat.options import MemoryBudget, RematOptions, resolve_options
 from autoremat.plan import Plan, RecomputedOp, SavedValue, clear_plans, recent_plans
+from autoremat.step import StepBudgetInfeasible, StepPlan, step_plans
 
 __all__ = [
     "MemoryBudget",
@@ -17,6 +18,8 @@ __all__ = [
     "Report",
     "RematOptions",
     "SavedValue",
+    "StepBudgetInfeasible",
+    "StepPlan",
     "__version__",
     "autoremat_backend",
     "backend",
@@ -24,4 +27,5 @@ __all__ = [
     "explain",
     "recent_plans",
     "resolve_options",
+    "step_plans",
 ]

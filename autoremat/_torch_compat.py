@@ -696,3 +696,26 @@ def _inductor_memory_plan(
                 events.append(MemoryEvent("alloc", line.result_name, nbytes))
         events.extend(_output_events(graph))
     return graph_inputs, events
+
+
+def optimizer_defaults_to_foreach(params: list[torch.Tensor]) -> bool:
+    """Whether torch's optimizers take their multi-tensor path for ``params`` when ``foreach`` is
+    left unset (torch.optim.optimizer._default_to_fused_or_foreach; 2.11-2.13: foreach on CUDA and
+    other foreach-capable devices, not on CPU)."""
+    try:
+        from torch.optim.optimizer import _default_to_fused_or_foreach
+
+        return bool(_default_to_fused_or_foreach(params, differentiable=False, use_fused=False)[1])
+    except (ImportError, TypeError):  # a torch without it: the multi-tensor path off CPU
+        return all(p.device.type != "cpu" for p in params)
+
+
+def current_tracing_context() -> Any:
+    """The TracingContext a backend is called in (Dynamo's), to compile the same graph again later
+    under it (``step.py`` recompiles a region with the plan chosen for the whole step)."""
+    return torch._guards.TracingContext.try_get()
+
+
+def tracing(context: Any) -> Any:
+    """Re-enter a TracingContext saved by ``current_tracing_context``."""
+    return torch._guards.tracing(context)

@@ -26,15 +26,30 @@ CompiledFn = Callable[..., Any]
 log = logging.getLogger("autoremat")
 
 
-def compile_graph(gm: fx.GraphModule, example_inputs: Sequence[Any], options: RematOptions) -> CompiledFn:
-    """Compile one Dynamo graph under ``options``.
+def compile_graph(
+    gm: fx.GraphModule,
+    example_inputs: Sequence[Any],
+    options: RematOptions,
+    *,
+    frontier_sink: Callable[..., None] | None = None,
+    planner: Any = None,
+) -> CompiledFn:
+    """Compile one Dynamo graph under ``options``; with a step budget, as one graph of the step
+    (``step.py``), which compiles it through here again. ``frontier_sink`` receives the graph's
+    frontier of plans and the plan chosen; ``planner`` is the step's (``step.StepPlanner``), by
+    default the one shared by every graph compiled with the same options.
 
     Everything of ours around the compile (building the partitioner, the plan store's key, saving and
     reloading plans) is guarded: a failure there is logged and costs a stored plan, never the user's
     compile. Errors of the compile itself are Inductor's or AOTAutograd's own, and the partitioner
     inside it guards its own work.
     """
+    if options.step_budget is not None and frontier_sink is None:
+        from autoremat.step import planner_for
+
+        return (planner or planner_for(options)).compile(gm, example_inputs)
     partitioner = RematPartitioner(options, pick_device(example_inputs))
+    partitioner.frontier_sink = frontier_sink
     try:
         uuid = partitioner.uuid()
         partitioner.graph_key = plan_store.graph_key(gm, example_inputs, uuid) if uuid is not None else ""
@@ -164,6 +179,8 @@ class RematBackend:
 
     def __init__(self, options: RematOptions) -> None:
         self.options = options
+        #: with a step budget, the graphs this backend compiles are one step (``step.py``)
+        self._planner: Any = None
 
     def __call__(self, gm: fx.GraphModule, example_inputs: Sequence[Any], **kwargs: Any) -> CompiledFn:
         if kwargs.get("options") or kwargs.get("mode"):
@@ -171,7 +188,11 @@ class RematBackend:
                 "autoremat.backend(...) is already configured; pass options to autoremat.backend(), "
                 "not to torch.compile(options=...)"
             )
-        return compile_graph(gm, example_inputs, self.options)
+        if self.options.step_budget is not None and self._planner is None:
+            from autoremat.step import StepPlanner
+
+            self._planner = StepPlanner(self.options)
+        return compile_graph(gm, example_inputs, self.options, planner=self._planner)
 
     def __repr__(self) -> str:
         return f"autoremat.backend({self.options})"

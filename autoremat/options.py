@@ -95,7 +95,13 @@ class RematOptions:
     #: under Inductor, check the finalist plans against the memory plan Inductor generates for them
     #: (about one backward lowering each) and pick on those peaks; off: the op-by-op model alone
     inductor_check: bool = True
+    #: one budget for the whole training step (``step.py``): bytes, "auto" or a fraction between
+    #: the least and the runtime-optimal step peak; None = budgets per compiled graph
+    step_budget: MemoryBudget | None = None
     inductor_options: tuple[tuple[str, Any], ...] = ()
+    #: internal: the names of the joint graph's nodes to save, decided for the whole step by
+    #: ``step.py``; the partitioner then skips its search
+    forced_saved: tuple[str, ...] | None = None
 
     def fingerprint(self) -> str:
         """Stable digest of every field; part of the partitioner's cache key."""
@@ -111,7 +117,9 @@ class RematOptions:
                 self.solver,
                 self.solver_time_limit,
                 self.inductor_check,
+                None if self.step_budget is None else (self.step_budget.kind, self.step_budget.value),
                 tuple((k, repr(v)) for k, v in self.inductor_options),
+                self.forced_saved,
             )
         )
         return hashlib.sha256(text.encode()).hexdigest()
@@ -263,6 +271,7 @@ _PARSERS: dict[str, Callable[[Any, str], Any]] = {
     "solver": lambda v, where: _parse_choice(where, v, solver_names()),
     "solver_time_limit": _parse_time_limit,
     "inductor_check": lambda v, where: _parse_bool(where, v),
+    "step_budget": lambda v, where: None if v is None else parse_memory_budget(v, where=where),
 }
 _DEFAULTS: dict[str, Any] = {
     "memory_budget": 1.0,
@@ -274,6 +283,7 @@ _DEFAULTS: dict[str, Any] = {
     "solver": DEFAULT_SOLVER,
     "solver_time_limit": DEFAULT_SOLVER_TIME_LIMIT,
     "inductor_check": True,
+    "step_budget": None,
 }
 
 
@@ -303,6 +313,7 @@ _OWN_KEYS = (
     "solver",
     "solver_time_limit",
     "inductor_check",
+    "step_budget",
 )
 _RESERVED_INDUCTOR_KEYS = ("custom_partitioner_fn",)
 
@@ -382,6 +393,13 @@ def resolve_options(
             f"autoremat: calibrate=True measures the device you compile on, so it cannot be combined "
             f"with device={result.device!r}; drop one of them"
         )
+    given = {**from_env(environ), **explicit}
+    if result.step_budget is not None and "memory_budget" in given:
+        raise ValueError(
+            f"autoremat: step_budget={result.step_budget.describe()} and memory_budget="
+            f"{result.memory_budget.describe()} were both given; a step budget plans every compiled "
+            "graph of the step together, so pass one of them"
+        )
     if result.compiler == "eager" and (result.inductor_options or result.mode):
         raise ValueError(
             "autoremat: Inductor options and mode= only apply with compiler='inductor'; "
@@ -405,4 +423,4 @@ def _budget_below_one(options: RematOptions) -> bool:
     """Whether the budget asks for less memory than the runtime-optimal plan: only then does Inductor
     get the settings that make its peak follow the plan (at budget 1.0 it runs exactly as torch's)."""
     budget = options.memory_budget
-    return not (budget.kind == "fraction" and budget.value >= 1.0)
+    return options.step_budget is not None or not (budget.kind == "fraction" and budget.value >= 1.0)

@@ -14,7 +14,7 @@ import hashlib
 import logging
 import pathlib
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import torch
@@ -33,14 +33,15 @@ from autoremat.cost_models import (
 )
 from autoremat.cost_models.device_memory import available_bytes
 from autoremat.distributed import planning_calibration, world_size
-from autoremat.graph.analysis import JointGraphAnalysis, analyse
+from autoremat.graph.analysis import JointGraphAnalysis, analyse, stable_node_keys
 from autoremat.options import RematOptions, inductor_patches
 from autoremat.passes.collectives import cse_keeping_collectives
 from autoremat.passes.cut import cheap_by
 from autoremat.passes.inductor_check import InductorCheck
 from autoremat.passes.mincut import solve_min_cut
 from autoremat.passes.rewrite import split_joint_graph
-from autoremat.passes.search import BudgetTarget, SolveResult, solve
+from autoremat.passes.search import BudgetTarget, SolveResult, solve, solve_saved
+from autoremat.passes.step_allocation import StepOption
 from autoremat.passes.solver import JointGraph
 from autoremat.plan import Plan, RecomputedOp, record
 from autoremat.plan_builder import build_plan
@@ -82,6 +83,9 @@ class RematPartitioner(compat.CustomPartitionerFn):
         self.calibration, self._notes = _calibration_or_datasheet(options, device)
         #: set by the backend before each compile; stamped on plans so they can be stored and found
         self.graph_key = ""
+        #: receives the frontier of plans of each graph partitioned and the names the chosen plan
+        #: saves (``step.py``, a whole-step budget)
+        self.frontier_sink: Callable[[list[StepOption], tuple[str, ...]], None] | None = None
 
     def uuid(self) -> str | None:
         """Inductor's cache identity; None (no caching of this compile) if it cannot be computed, since
@@ -156,11 +160,31 @@ class RematPartitioner(compat.CustomPartitionerFn):
         device = _graph_device(gm.graph)
         model = TIME_MODELS[DEFAULT_TIME_MODEL]
         costs = default_cost_model(device, self.options.device, self.calibration, model).for_graph(analysis)
-        joint = JointGraph(gm, joint_inputs, static_idx)
-        solution = self._solve(analysis, costs, device, self._check(gm, analysis), joint)
+        if self.options.forced_saved is not None:
+            solution = self._forced(analysis, costs)
+        else:
+            joint = JointGraph(gm, joint_inputs, static_idx)
+            solution = self._solve(analysis, costs, device, self._check(gm, analysis), joint)
+        if self.frontier_sink is not None:
+            keys = stable_node_keys(analysis.graph)
+            self.frontier_sink(solution.frontier, tuple(keys[n] for n in solution.cut.saved))
         fw, bw = split_joint_graph(gm, analysis, solution.cut.saved)
         plan = build_plan(analysis, costs, solution, budget=self.options.memory_budget.describe())
         return fw, bw, plan
+
+    def _forced(self, analysis: JointGraphAnalysis, costs: GraphCosts) -> SolveResult:
+        """The plan chosen for the whole step (``options.forced_saved``, by node name). Raises when
+        the graph no longer has those nodes; the partitioner then falls back to a correct plan."""
+        by_name = {key: n for n, key in stable_node_keys(analysis.graph).items()}
+        names = self.options.forced_saved or ()
+        missing = [name for name in names if name not in by_name]
+        if missing:
+            raise RuntimeError(f"the step plan saves {missing[:3]}, which this graph does not have")
+        rules = cheap_by(analysis, costs.is_cheap_to_recompute)
+        high = solve_min_cut(analysis, rules)
+        return solve_saved(
+            analysis, costs, MEMORY, [by_name[name] for name in names], high=high, source="step-budget"
+        )
 
     def _check(self, gm: fx.GraphModule, analysis: JointGraphAnalysis) -> InductorCheck | None:
         """The check of plans against Inductor's schedule, when Inductor compiles this graph (the

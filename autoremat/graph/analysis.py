@@ -249,3 +249,27 @@ def analyse(
         tangent_free_grads=tangent_free_grads,
         notes=notes,
     )
+
+
+def stable_node_keys(graph: fx.Graph) -> dict[fx.Node, str]:
+    """A key per node that names the same computation when the same model is traced again.
+
+    Node names are not such a key: a second trace of the same Dynamo graph (``step.py`` compiles a
+    graph again with the plan chosen for the whole step) numbers them on from the first, and may add
+    size computations (``sym_size``, products of sizes) the first trace folded into constants. A
+    placeholder keeps its name (``primals_3``, ``tangents_1``); any other node is its target and its
+    rank among the graph's nodes of that target that compute tensors (nodes computing anything else
+    are ranked apart, so the size computations a trace adds do not shift a tensor's key).
+    """
+    keys: dict[fx.Node, str] = {}
+    seen: dict[str, int] = {}
+    for node in graph.nodes:
+        if node.op == "placeholder":
+            keys[node] = node.name
+            continue
+        kind = "tensor" if isinstance(node.meta.get("val"), torch.Tensor) else "other"
+        target = f"{kind}:{node.op}:{node.target}"
+        rank = seen.get(target, 0)
+        seen[target] = rank + 1
+        keys[node] = f"{target}#{rank}"
+    return keys

@@ -33,6 +33,9 @@ class Candidate:
     #: the memory model's peak of the forward alone (it bounds a checked forward's, see
     #: ``inductor_check``)
     forward_peak: int = 0
+    #: live at the end of the forward: saved values and the user's outputs (what the step keeps
+    #: while later graphs of the step run, ``passes/step_allocation.py``)
+    end_bytes: int = 0
 
 
 def complete_saved(analysis: JointGraphAnalysis, saved: Iterable[fx.Node]) -> CutResult:
@@ -67,7 +70,9 @@ class Pool:
             return known
         report = self.memory.peak(self.analysis, cut.saved)
         seconds = self.costs.value(self.costs.recompute_time(self.analysis.recomputed(cut.saved)))
-        candidate = Candidate(cut, report.peak_bytes, seconds, source, gap, report.forward_peak_bytes)
+        candidate = Candidate(
+            cut, report.peak_bytes, seconds, source, gap, report.forward_peak_bytes, report.forward_end_bytes
+        )
         self.plans[cut.saved] = candidate
         return candidate
 

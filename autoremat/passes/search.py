@@ -32,12 +32,13 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from autoremat.cost_models import GraphCosts
-from autoremat.graph.analysis import JointGraphAnalysis
+from autoremat.graph.analysis import JointGraphAnalysis, stable_node_keys
 from autoremat.passes.cut import CutResult, RecomputeRules, least_memory_rules
 from autoremat.passes.mincut import solve_min_cut
-from autoremat.passes.pool import Candidate, MemoryModel, Pool
+from autoremat.passes.pool import Candidate, MemoryModel, Pool, complete_saved
 from autoremat.passes.registry import BASELINE, EXPLORERS, FALLBACK, SOLVERS
 from autoremat.passes.solver import Deadline, JointGraph, SearchContext, Solver
+from autoremat.passes.step_allocation import StepOption, frontier
 
 log = logging.getLogger("autoremat")
 
@@ -82,6 +83,9 @@ class SolveResult:
     runtime_optimal_bytes: int | None = None
     stats: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    #: the plans considered that no other beats on end-of-forward bytes, peak and time: what this
+    #: graph offers a whole-step budget (``step_allocation.py``)
+    frontier: list[StepOption] = field(default_factory=list)
 
     @property
     def feasible(self) -> bool:
@@ -135,6 +139,7 @@ def solve(
     result.stats["peak_model"] = checked.model_name
     result.stats.update(checked.stats())
     result.stats["solve_seconds"] = time.perf_counter() - started
+    result.frontier = frontier(checked.step_option(c) for c in pool.plans.values())
     if deadline.left() <= 0:
         result.notes.append(
             f"solver time limit ({time_limit:g} s) reached: the plan is the best found so far and may "
@@ -163,6 +168,7 @@ class _Checked:
     def __init__(self, ctx: SearchContext, check: PeakCheck | None) -> None:
         self.ctx, self.check, self._given = ctx, check, check
         self.anchors: tuple[Candidate, Candidate] | None = None
+        self._keys: dict[Any, str] | None = None
 
     @property
     def model_name(self) -> str:
@@ -228,6 +234,16 @@ class _Checked:
         """Checked peak over model peak of a checked plan."""
         known = self.check.known(candidate) if self.check is not None else None
         return known / candidate.peak if known is not None and candidate.peak else 1.0
+
+    def step_option(self, candidate: Candidate) -> StepOption:
+        """``candidate`` as a whole-step budget sees it: its checked peak where it was checked, else
+        the estimate from the checked plans (or the model's peak without a check)."""
+        known = self.check.known(candidate) if self.check is not None else None
+        peak = known if known is not None else round(self.estimate(candidate.peak))
+        if self._keys is None:
+            self._keys = stable_node_keys(self.ctx.analysis.graph)
+        names = tuple(self._keys[n] for n in candidate.cut.saved)
+        return StepOption(names, candidate.end_bytes, int(peak), candidate.time_s, known is not None)
 
     def estimate(self, model_peak: int) -> float:
         """The checked peak a plan of ``model_peak`` is expected to have (linear between anchors)."""
@@ -360,6 +376,33 @@ def _search(ctx: SearchContext, target: BudgetTarget, chosen: Solver, checked: _
         # the solver's proof holds for its linearised model; a faster pooled plan that fits (or may:
         # it was never checked) shows the plan is not optimal for the budget
         result.status = "within-budget"
+    return result
+
+
+def solve_saved(
+    analysis: JointGraphAnalysis,
+    costs: GraphCosts,
+    memory: MemoryModel,
+    saved: Iterable[Any],
+    *,
+    high: CutResult,
+    source: str,
+) -> SolveResult:
+    """The plan that saves exactly ``saved`` (chosen elsewhere, e.g. for a whole-step budget),
+    verified and costed like any pooled plan; no search."""
+    pool = Pool(analysis, costs, memory)
+    chosen = pool.add(complete_saved(analysis, saved), source)
+    runtime_optimal = pool.add(high, BASELINE.name)
+    result = SolveResult(
+        chosen.cut,
+        high,
+        source,
+        "within-budget",
+        None,
+        chosen.peak,
+        runtime_optimal_bytes=runtime_optimal.peak,
+    )
+    result.stats["peak_model"] = memory.name
     return result
 
 

@@ -1,0 +1,421 @@
+"""One budget for the whole training step (docs/architecture.md, "Step budget").
+
+``options={"step_budget": "70GiB"}`` (or ``AUTOREMAT_STEP_BUDGET``) caps the step's peak: parameters,
+gradients and optimizer state, the activations every compiled graph of the step keeps for its
+backward, all live at once, and the transient peak of the graph whose backward runs. The graphs of
+a step are compiled one at a time, each before the next is even traced, and the optimizer's state
+does not exist before its first step, so the step is planned from one observed step:
+
+1. **Observe.** Each graph compiles with its least-memory plan (the first step cannot exceed memory
+   that a later, planned step would need) and hands over its frontier of plans (end-of-forward bytes,
+   peak, recompute time, ``passes/step_allocation.py``). Its calls in the first forward give the
+   step's sequence: which graph runs where, how often (one graph per block runs once per block), and
+   which inputs came from outside the compiled graphs (an embedding's output, FSDP2's unsharded
+   parameters of the block in flight). The first optimizer step gives parameters, gradients and
+   optimizer state (``cost_models/optimizer_memory.py``).
+2. **Plan.** At the first compiled call after that, one plan per graph is chosen with the least
+   predicted recompute time of the step whose predicted peak fits the budget, and every graph whose
+   plan changes is compiled again with it, when next called. Compile time is paid once more for
+   those graphs; training runs on unchanged from the user's side.
+
+Graphs compiled with the same options form one step. A compile of a new graph after planning (a
+recompilation, a new input shape) starts observing again.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import functools
+import logging
+import weakref
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from autoremat import _torch_compat as compat
+from autoremat.cost_models.device_memory import available_bytes
+from autoremat.cost_models.optimizer_memory import StaticMemory, local_tensor, static_memory
+from autoremat.distributed import world_size
+from autoremat.options import MemoryBudget, RematOptions
+from autoremat.passes.step_allocation import Allocation, StepOption, allocate, fastest
+
+log = logging.getLogger("autoremat")
+
+CompiledFn = Callable[..., Any]
+
+
+class StepBudgetInfeasible(ValueError):
+    """A step budget below the least step peak the plans allow (strict mode only)."""
+
+
+@dataclass
+class RegionChoice:
+    """What the step plan chose for one compiled graph."""
+
+    region: int
+    runs: int
+    option: StepOption
+    #: whether the graph is compiled again for it (its observed plan was another)
+    recompiled: bool
+
+
+@dataclass
+class StepPlan:
+    """The plan for a whole step: the budget, what the step is predicted to hold, each graph's plan."""
+
+    budget: str
+    cap_bytes: int
+    status: str  # "within-budget" | "budget-infeasible"
+    predicted_peak_bytes: int
+    least_peak_bytes: int
+    runtime_optimal_peak_bytes: int
+    static: StaticMemory
+    #: the step's activation peak, and the part of it held outside the compiled graphs (their inputs
+    #: from eager code, FSDP2's unsharded parameters)
+    activation_peak_bytes: int
+    outside_bytes: int
+    predicted_recompute_s: float
+    regions: list[RegionChoice] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def summary(self) -> str:
+        parts = ", ".join(
+            f"graph {c.region} x{c.runs}: end {c.option.end_bytes} peak {c.option.peak_bytes}"
+            for c in self.regions
+        )
+        return (
+            f"autoremat step plan [{self.status}] step_budget={self.budget} ({self.cap_bytes} bytes): "
+            f"predicted step peak {self.predicted_peak_bytes} bytes = {self.static.describe()}, "
+            f"activations {self.activation_peak_bytes} (of which outside the compiled graphs "
+            f"{self.outside_bytes}) (least step peak {self.least_peak_bytes}, runtime-optimal "
+            f"{self.runtime_optimal_peak_bytes}); recompute +{self.predicted_recompute_s * 1e3:.3f} ms per "
+            f"step; {parts}"
+        )
+
+
+_RECENT: list[StepPlan] = []
+
+
+def step_plans() -> list[StepPlan]:
+    """The step plans made in this process, oldest first."""
+    return list(_RECENT)
+
+
+def _storage_key(t: torch.Tensor) -> tuple[str, int]:
+    t = local_tensor(t)
+    return (str(t.device), t.untyped_storage().data_ptr())
+
+
+def _storage_nbytes(t: torch.Tensor) -> int:
+    return int(local_tensor(t).untyped_storage().nbytes())
+
+
+class Region:
+    """One compiled graph of the step: compiled now with its least-memory plan, again later if the
+    step plan chooses another."""
+
+    def __init__(self, planner: StepPlanner, index: int, gm: Any, example_inputs: Sequence[Any]) -> None:
+        self.planner, self.index = planner, index
+        # compiling rewrites the graph; a later compile needs it as Dynamo handed it over
+        self.gm = gm
+        self.example_inputs = list(example_inputs)
+        self.context = compat.current_tracing_context()
+        self.frontier: list[StepOption] = []
+        self.saved: tuple[str, ...] | None = None
+        self.pending: tuple[str, ...] | None = None
+        observe = dataclasses.replace(planner.options, memory_budget=MemoryBudget("fraction", 0.0))
+        self.compiled = self._compile(gm, self.example_inputs, observe)
+
+    def _receive(self, frontier: list[StepOption], saved: tuple[str, ...]) -> None:
+        if frontier:  # a compile with the step's chosen plan reports no frontier of its own
+            self.frontier, self.saved = frontier, saved
+
+    def _compile(self, gm: Any, example_inputs: list[Any], options: RematOptions) -> CompiledFn:
+        from autoremat.backend import compile_graph
+
+        return compile_graph(gm, example_inputs, options, frontier_sink=self._receive)
+
+    def recompile(self) -> None:
+        """Compile again with the plan the step chose (``pending``), under Dynamo's tracing context
+        of the first compile."""
+        names, self.pending = self.pending, None
+        options = dataclasses.replace(self.planner.options, forced_saved=names)
+        with compat.tracing(self.context):
+            self.compiled = self._compile(self.gm, list(self.example_inputs), options)
+        self.saved = names
+
+    def __call__(self, *args: Any) -> Any:
+        planner = self.planner
+        if planner.ready_to_plan():
+            planner.plan()
+        if self.pending is not None:
+            self.recompile()
+        # AOTAutograd's boxed convention passes one list, which the callee empties
+        values = list(args[0]) if len(args) == 1 and isinstance(args[0], list) else list(args)
+        watching = planner.observing and not planner.backward_seen and torch.is_grad_enabled()
+        if watching:
+            planner.observe_inputs(self, values)
+        out = self.compiled(*args)
+        if watching:
+            planner.observe_outputs(out)
+        return out
+
+
+_PLANNERS: weakref.WeakSet[StepPlanner] = weakref.WeakSet()
+_HOOK: Any = None
+
+
+def _on_optimizer_step(optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+    """Global post-step hook: every observing planner learns the step's static memory now, while
+    the gradients still exist."""
+    for planner in list(_PLANNERS):
+        planner.saw_optimizer_step(optimizer)
+
+
+def _ensure_hook() -> None:
+    global _HOOK
+    if _HOOK is None:
+        from torch.optim.optimizer import register_optimizer_step_post_hook
+
+        _HOOK = register_optimizer_step_post_hook(_on_optimizer_step)
+
+
+class StepPlanner:
+    """The graphs of one step and their joint plan (module docstring)."""
+
+    def __init__(self, options: RematOptions) -> None:
+        if options.step_budget is None:
+            raise ValueError("a StepPlanner needs options with a step_budget")
+        self.options = options
+        self.regions: list[Region] = []
+        self._restart()
+        _PLANNERS.add(self)
+        _ensure_hook()
+
+    def _restart(self) -> None:
+        self.observing, self.backward_seen = True, False
+        #: region index per compiled call of the observed forward, in order
+        self.sequence: list[int] = []
+        #: per call: bytes of its inputs no earlier call produced (eager activations), first seen
+        self.external: list[int] = []
+        #: per call: its parameters' storages (to tell FSDP2's unsharded copies from what the
+        #: optimizer holds)
+        self.param_storages: list[dict[tuple[str, int], int]] = []
+        self._produced: set[tuple[str, int]] = set()
+        self._seen_inputs: set[tuple[str, int]] = set()
+        self.optimizers: list[weakref.ref[torch.optim.Optimizer]] = []
+        self.static: StaticMemory | None = None
+        self.device: torch.device | None = None
+
+    def compile(self, gm: Any, example_inputs: Sequence[Any]) -> CompiledFn:
+        if not self.observing:
+            log.info("autoremat: a new graph joined a planned step; observing the step again")
+            self._restart()
+        region = Region(self, len(self.regions), gm, example_inputs)
+        self.regions.append(region)
+        for value in example_inputs:
+            if isinstance(value, torch.Tensor) and self.device is None and value.device.type != "cpu":
+                self.device = value.device
+
+        def run(*args: Any) -> Any:
+            return region(*args)
+
+        # keep the compiled function's calling convention (AOTAutograd's ``_boxed_call``)
+        return functools.update_wrapper(run, region.compiled)
+
+    # -- observing -----------------------------------------------------------------------------
+
+    def observe_inputs(self, region: Region, values: Sequence[Any]) -> None:
+        self.sequence.append(region.index)
+        external, params = 0, {}
+        for value in values:
+            if not isinstance(value, torch.Tensor) or value.device.type == "meta":
+                continue
+            key = _storage_key(value)
+            if isinstance(value, torch.nn.Parameter):
+                params[key] = _storage_nbytes(value)
+            elif key not in self._produced and key not in self._seen_inputs and value.requires_grad:
+                external += _storage_nbytes(value)
+            self._seen_inputs.add(key)
+        self.external.append(external)
+        self.param_storages.append(params)
+
+    def observe_outputs(self, out: Any) -> None:
+        hooked = False
+        for value in out if isinstance(out, (list, tuple)) else (out,):
+            if isinstance(value, torch.Tensor):
+                self._produced.add(_storage_key(value))
+                if not hooked and value.requires_grad:
+                    value.register_hook(self._backward_started)
+                    hooked = True
+
+    def _backward_started(self, grad: torch.Tensor) -> None:
+        self.backward_seen = True
+
+    def saw_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        if not self.observing or not self.sequence:
+            return
+        if all(ref() is not optimizer for ref in self.optimizers):
+            self.optimizers.append(weakref.ref(optimizer))
+        self.static = static_memory(o for ref in self.optimizers if (o := ref()) is not None)
+
+    def ready_to_plan(self) -> bool:
+        """After an observed forward, backward and optimizer step; or, with no optimizer seen, at
+        the second forward."""
+        return self.observing and self.backward_seen and bool(self.sequence)
+
+    # -- planning ------------------------------------------------------------------------------
+
+    def plan(self) -> StepPlan:
+        self.observing = False
+        notes: list[str] = []
+        static = self.static
+        if static is None:
+            params: dict[tuple[str, int], int] = {}
+            for seen in self.param_storages:
+                params.update(seen)
+            static = StaticMemory(parameters=sum(params.values()))
+            notes.append(
+                "no optimizer step was seen after the first forward and backward: gradients and "
+                "optimizer state are not counted"
+            )
+        held_keys = self._optimizer_storages()
+        # FSDP2's unsharded parameters of the block in flight: parameters the optimizer does not hold
+        in_flight = [sum(n for k, n in seen.items() if k not in held_keys) for seen in self.param_storages]
+        if static.parameters == 0:
+            in_flight = [0] * len(in_flight)
+        regions = sorted(set(self.sequence))
+        local = {r: i for i, r in enumerate(regions)}
+        frontiers = [self.regions[r].frontier or self._fallback_frontier(r, notes) for r in regions]
+        sequence = [local[r] for r in self.sequence]
+        outside = [0] * len(sequence)
+        running = 0
+        for k in range(len(sequence)):
+            running += self.external[k]
+            outside[k] = running + in_flight[k]
+        held, scratch = self._agreed(static)
+        cap = self._cap(held, static, frontiers, sequence, outside)
+        allocation = allocate(frontiers, sequence, cap - held, extra=outside)
+        least = allocate(frontiers, sequence, None, extra=outside)
+        high = fastest(frontiers, sequence, extra=outside)
+        predicted = max(held + allocation.activation_peak_bytes, held + scratch)
+        status = "within-budget" if allocation.status not in ("infeasible", "least") else "budget-infeasible"
+        if held + scratch > cap:
+            status = "budget-infeasible"
+        least_peak = max(held + least.activation_peak_bytes, held + scratch)
+        plan = StepPlan(
+            budget=self.options.step_budget.describe(),
+            cap_bytes=cap,
+            status=status,
+            predicted_peak_bytes=predicted,
+            least_peak_bytes=least_peak,
+            runtime_optimal_peak_bytes=max(held + high.activation_peak_bytes, held + scratch),
+            static=dataclasses.replace(static, optimizer_scratch=scratch),
+            activation_peak_bytes=allocation.activation_peak_bytes,
+            outside_bytes=max(outside, default=0),
+            predicted_recompute_s=allocation.time_s,
+            notes=notes,
+        )
+        self._apply(regions, frontiers, sequence, allocation, plan)
+        if status == "budget-infeasible":
+            self._infeasible(plan, least)
+        _RECENT.append(plan)
+        log.info("%s", plan.summary())
+        return plan
+
+    def _optimizer_storages(self) -> set[tuple[str, int]]:
+        keys: set[tuple[str, int]] = set()
+        for ref in self.optimizers:
+            optimizer = ref()
+            if optimizer is not None:
+                for group in optimizer.param_groups:
+                    keys.update(_storage_key(p) for p in group["params"])
+        return keys
+
+    def _fallback_frontier(self, region: int, notes: list[str]) -> list[StepOption]:
+        notes.append(f"graph {region} reported no plans (its partitioning fell back); counted as zero")
+        return [StepOption((), 0, 0, 0.0)]
+
+    def _agreed(self, static: StaticMemory) -> tuple[int, int]:
+        """(held, optimizer scratch) bytes, the largest over ranks: every rank must choose the same
+        plans (``distributed.py``), and the most loaded rank is the one that runs out."""
+        values = [static.held, static.optimizer_scratch]
+        if world_size() > 1:
+            values = _all_reduce_max(values)
+        return values[0], values[1]
+
+    def _cap(
+        self,
+        held: int,
+        static: StaticMemory,
+        frontiers: list[list[StepOption]],
+        sequence: list[int],
+        outside: list[int],
+    ) -> int:
+        budget = self.options.step_budget
+        if budget.kind == "bytes":
+            return int(budget.value)
+        if budget.kind == "auto":
+            # what the device can give the step: its free memory plus what the step holds already
+            free = available_bytes(self.device)
+            if world_size() > 1:
+                free = -_all_reduce_max([-free])[0]
+            return free + held
+        least = held + allocate(frontiers, sequence, None, extra=outside).activation_peak_bytes
+        high = held + fastest(frontiers, sequence, extra=outside).activation_peak_bytes
+        return int(least + float(budget.value) * (high - least))
+
+    def _apply(
+        self,
+        regions: list[int],
+        frontiers: list[list[StepOption]],
+        sequence: list[int],
+        allocation: Allocation,
+        plan: StepPlan,
+    ) -> None:
+        runs = [sequence.count(i) for i in range(len(regions))]
+        for i, region_index in enumerate(regions):
+            region = self.regions[region_index]
+            option = frontiers[i][allocation.choice[i]]
+            change = bool(option.saved) and option.saved != region.saved
+            if change:
+                region.pending = option.saved
+            plan.regions.append(RegionChoice(region_index, runs[i], option, change))
+
+    def _infeasible(self, plan: StepPlan, least: Allocation) -> None:
+        message = (
+            f"step_budget={plan.budget} ({plan.cap_bytes} bytes) is below the least step peak the plans "
+            f"allow: {plan.least_peak_bytes} bytes predicted = {plan.static.describe()}, activations "
+            f"{least.activation_peak_bytes} (of which outside the compiled graphs {plan.outside_bytes})"
+        )
+        if self.options.strict:
+            raise StepBudgetInfeasible(
+                f"autoremat (strict=True): {message}; raise the budget to at least that, or pass "
+                "strict=False to train with the least-memory plans and a warning"
+            )
+        message += "; using the least-memory plans"
+        log.warning("autoremat: %s", message)
+        plan.notes.append(message)
+
+
+def _all_reduce_max(values: list[int]) -> list[int]:
+    dist = torch.distributed
+    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else None
+    tensor = torch.tensor(values, dtype=torch.int64, device=device)
+    dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+    return [int(v) for v in tensor.tolist()]
+
+
+_BY_OPTIONS: dict[str, StepPlanner] = {}
+
+
+def planner_for(options: RematOptions) -> StepPlanner:
+    """The planner of the step that graphs compiled with ``options`` belong to."""
+    key = options.fingerprint()
+    planner = _BY_OPTIONS.get(key)
+    if planner is None:
+        planner = _BY_OPTIONS[key] = StepPlanner(options)
+    return planner

@@ -1,0 +1,149 @@
+"""One budget for the whole training step (autoremat/step.py, passes/step_allocation.py,
+cost_models/optimizer_memory.py): the allocation against brute force, the options, the static
+memory of an optimizer, and measured steps of a Llama-style model with AdamW, compiled per block and
+whole with a graph break, on the codegen-free path (benchmarks/step_budget.py measures the same
+under Inductor)."""
+
+from __future__ import annotations
+
+import itertools
+import logging
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import autoremat
+from autoremat.cost_models.optimizer_memory import static_memory
+from autoremat.passes.step_allocation import StepOption, allocate, fastest, frontier, step_activation_peak
+from benchmarks.step_budget import Size, run
+from tests.harness import EAGER_TOL
+
+#: largest relative gradient error against eager (the codegen-free path runs eager kernels)
+GRAD_TOL = EAGER_TOL["rtol"]
+
+#: small enough for CI, still activation-dominated (activations ~10x the weights, grads and state)
+SMALL = Size(seq=128, batch=8)
+
+
+def _option(end: int, peak: int, time_s: float, name: str = "") -> StepOption:
+    return StepOption((name,), end, peak, time_s)
+
+
+options_st = st.lists(
+    st.builds(
+        _option,
+        st.integers(0, 50),
+        st.integers(1, 100),
+        st.floats(0.0, 10.0, allow_nan=False).map(lambda t: round(t, 2)),
+    ),
+    min_size=1,
+    max_size=4,
+)
+
+
+@st.composite
+def steps(draw):
+    frontiers = draw(st.lists(options_st, min_size=1, max_size=3))
+    extra_calls = draw(st.lists(st.integers(0, len(frontiers) - 1), max_size=3))
+    sequence = draw(st.permutations([*range(len(frontiers)), *extra_calls]))
+    extra = draw(st.lists(st.integers(0, 20), min_size=len(sequence), max_size=len(sequence)))
+    cap = draw(st.integers(0, 400))
+    return frontiers, list(sequence), extra, cap
+
+
+@settings(max_examples=150, deadline=None)
+@given(steps())
+def test_the_allocation_is_the_brute_force_optimum(step):
+    frontiers, sequence, extra, cap = step
+    runs = [sequence.count(r) for r in range(len(frontiers))]
+    choices = list(itertools.product(*(range(len(f)) for f in frontiers)))
+    peak = {c: step_activation_peak(frontiers, sequence, c, extra) for c in choices}
+    time = {c: sum(frontiers[r][c[r]].time_s * runs[r] for r in range(len(frontiers))) for c in choices}
+    least = allocate(frontiers, sequence, None, extra)
+    assert least.activation_peak_bytes == min(peak.values())
+    got = allocate(frontiers, sequence, cap, extra)
+    fitting = [c for c in choices if peak[c] <= cap]
+    if not fitting:
+        assert got.status == "infeasible" and got.activation_peak_bytes == min(peak.values())
+    else:
+        assert got.status in ("optimal", "feasible") and got.activation_peak_bytes <= cap
+        assert got.time_s == pytest.approx(min(time[c] for c in fitting), abs=1e-9)
+    assert fastest(frontiers, sequence, extra).time_s == pytest.approx(min(time.values()), abs=1e-9)
+
+
+def test_the_frontier_keeps_only_undominated_plans():
+    a, b, c, d = _option(10, 50, 1.0, "a"), _option(5, 50, 2.0, "b"), _option(10, 60, 2.0, "c"), _option(5, 40, 3.0, "d")
+    assert frontier([a, b, c, d]) == [a, b, d]  # c is beaten by a on every count
+
+
+def test_step_budget_options_parse_validate_and_exclude_memory_budget(monkeypatch):
+    assert autoremat.resolve_options({"step_budget": "2GiB"}).step_budget.value == 2 * 2**30
+    assert autoremat.resolve_options({"step_budget": "auto"}).step_budget.kind == "auto"
+    assert autoremat.resolve_options({"step_budget": 0.5}).step_budget.kind == "fraction"
+    with pytest.raises(ValueError, match="step_budget='lots'.*invalid"):
+        autoremat.resolve_options({"step_budget": "lots"})
+    with pytest.raises(ValueError, match="step_budget=.*memory_budget=.*pass one of them"):
+        autoremat.resolve_options({"step_budget": "1GiB", "memory_budget": 0.5})
+    monkeypatch.setenv("AUTOREMAT_STEP_BUDGET", "3GiB")
+    assert autoremat.resolve_options().step_budget.value == 3 * 2**30
+    with pytest.raises(ValueError, match="step_budget"):
+        autoremat.resolve_options({"memory_budget": 0.5})
+    monkeypatch.setenv("AUTOREMAT_STEP_BUDGET", "-1")
+    with pytest.raises(ValueError, match="AUTOREMAT_STEP_BUDGET"):
+        autoremat.resolve_options()
+
+
+def test_static_memory_counts_parameters_gradients_and_adamw_moments():
+    model = torch.nn.Sequential(torch.nn.Linear(64, 32), torch.nn.Linear(32, 8))
+    optimizer = torch.optim.AdamW(model.parameters(), foreach=False)
+    model(torch.randn(4, 64)).sum().backward()
+    optimizer.step()
+    static = static_memory([optimizer])
+    params = sum(p.numel() * 4 for p in model.parameters())
+    assert static.parameters == static.gradients == params
+    # two moments per parameter, plus a 4-byte step counter each
+    assert static.optimizer_state == 2 * params + 4 * 4
+    # single-tensor AdamW: two temporaries the size of the largest parameter
+    assert static.optimizer_scratch == 2 * 64 * 32 * 4
+
+
+def _grid(setup: str) -> list:
+    probe = run(setup, {"step_budget": 0.5, "compiler": "eager"}, SMALL)
+    least, high = probe.least_bytes, probe.runtime_optimal_bytes
+    assert least < high
+    return [run(setup, {"step_budget": int(least + f * (high - least)), "compiler": "eager"}, SMALL) for f in (0.25, 0.5, 0.75)]
+
+
+def test_per_block_compiled_steps_stay_within_the_step_budget():
+    """One compiled graph runs once per block, the head is another: the measured step peak, from
+    before the forward to after AdamW's step, stays within 2% of three budgets between the least and
+    the runtime-optimal step peak; looser budgets recompute less; gradients match eager."""
+    runs = _grid("per-block")
+    for got in runs:
+        assert got.status == "within-budget"
+        assert got.measured_bytes <= got.cap_bytes * 1.02, got
+        assert got.max_grad_error <= GRAD_TOL
+    times = [got.predicted_recompute_ms for got in runs]
+    assert times == sorted(times, reverse=True) and times[0] > times[-1]
+
+
+def test_a_model_compiled_whole_with_a_graph_break_stays_within_the_step_budget():
+    probe = run("graph-break", {"step_budget": 0.5, "compiler": "eager"}, SMALL)
+    plan = autoremat.step_plans()[-1]
+    assert [c.runs for c in plan.regions] == [1, 1]  # the two halves, each once
+    assert probe.measured_bytes <= probe.cap_bytes * 1.02
+    assert probe.max_grad_error <= GRAD_TOL
+
+
+def test_an_infeasible_step_budget_names_the_least_step_peak_and_its_parts(caplog):
+    probe = run("per-block", {"step_budget": 0.0, "compiler": "eager"}, SMALL)
+    budget = int(probe.least_bytes * 0.8)
+    with caplog.at_level(logging.WARNING, logger="autoremat"):
+        got = run("per-block", {"step_budget": budget, "compiler": "eager"}, SMALL)
+    assert got.status == "budget-infeasible"
+    assert f"least step peak the plans allow: {probe.least_bytes}" in caplog.text
+    assert "optimizer state" in caplog.text and "using the least-memory plans" in caplog.text
+    with pytest.raises(autoremat.StepBudgetInfeasible, match="strict=True.*least step peak.*gradients"):
+        run("per-block", {"step_budget": budget, "compiler": "eager", "strict": True}, SMALL)
