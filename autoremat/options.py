@@ -103,6 +103,14 @@ class RematOptions:
     #: ``step.py``; the partitioner then skips its search
     forced_saved: tuple[str, ...] | None = None
 
+    def budget_label(self) -> str:
+        """The budget as a plan reports it: the graph's own, or the step's (``step.py``), while the
+        step is observed (each graph at its least peak) or as planned for the whole step."""
+        if self.step_budget is None:
+            return self.memory_budget.describe()
+        stage = "observing" if self.forced_saved is None else "planned"
+        return f"step {self.step_budget.describe()} ({stage})"
+
     def fingerprint(self) -> str:
         """Stable digest of every field; part of the partitioner's cache key."""
         text = repr(

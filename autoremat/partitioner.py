@@ -9,6 +9,7 @@ budget that cannot be met when the user asked for ``strict=True``.
 
 from __future__ import annotations
 
+import copy
 import functools
 import hashlib
 import logging
@@ -87,6 +88,21 @@ class RematPartitioner(compat.CustomPartitionerFn):
         #: saves (``step.py``, a whole-step budget)
         self.frontier_sink: Callable[[list[StepOption], tuple[str, ...]], None] | None = None
 
+    def __deepcopy__(self, memo: dict[int, Any]) -> RematPartitioner:
+        """Inductor deep-copies its config, this partitioner included, to key its caches; the
+        frontier sink is a callback into the step planner (which holds live tensors) and is shared,
+        not copied."""
+        clone = object.__new__(type(self))
+        memo[id(self)] = clone
+        for key, value in self.__dict__.items():
+            clone.__dict__[key] = value if key == "frontier_sink" else copy.deepcopy(value, memo)
+        return clone
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Inductor pickles its config into cache keys: everything but the sink (a callback that
+        decides nothing about the compiled code)."""
+        return {**self.__dict__, "frontier_sink": None}
+
     def uuid(self) -> str | None:
         """Inductor's cache identity; None (no caching of this compile) if it cannot be computed, since
         a wrong identity could serve a stale plan and raising would stop the user's compile."""
@@ -122,7 +138,7 @@ class RematPartitioner(compat.CustomPartitionerFn):
             )
             fw, bw = _fallback_partition(gm, joint_inputs, num_fwd_outputs, static_lifetime_input_indices)
             plan = Plan(
-                budget=self.options.memory_budget.describe(),
+                budget=self.options.budget_label(),
                 solver="torch-min-cut",
                 status="fallback",
                 saved=[],
@@ -169,7 +185,7 @@ class RematPartitioner(compat.CustomPartitionerFn):
             keys = stable_node_keys(analysis.graph)
             self.frontier_sink(solution.frontier, tuple(keys[n] for n in solution.cut.saved))
         fw, bw = split_joint_graph(gm, analysis, solution.cut.saved)
-        plan = build_plan(analysis, costs, solution, budget=self.options.memory_budget.describe())
+        plan = build_plan(analysis, costs, solution, budget=self.options.budget_label())
         return fw, bw, plan
 
     def _forced(self, analysis: JointGraphAnalysis, costs: GraphCosts) -> SolveResult:

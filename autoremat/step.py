@@ -6,8 +6,8 @@ backward, all live at once, and the transient peak of the graph whose backward r
 a step are compiled one at a time, each before the next is even traced, and the optimizer's state
 does not exist before its first step, so the step is planned from one observed step:
 
-1. **Observe.** Each graph compiles with its least-memory plan (the first step cannot exceed memory
-   that a later, planned step would need) and hands over its frontier of plans (end-of-forward bytes,
+1. **Observe.** Each graph compiles with its least-peak plan (a safe start: it is not the step's
+   least peak, which depends on how often each graph runs, but it is close) and hands over its frontier of plans (end-of-forward bytes,
    peak, recompute time, ``passes/step_allocation.py``). Its calls in the first forward give the
    step's sequence: which graph runs where, how often (one graph per block runs once per block), and
    which inputs came from outside the compiled graphs (an embedding's output, FSDP2's unsharded
@@ -208,6 +208,7 @@ class StepPlanner:
         self._seen_inputs: set[tuple[str, int]] = set()
         self.optimizers: list[weakref.ref[torch.optim.Optimizer]] = []
         self.static: StaticMemory | None = None
+        self.grads: dict[tuple[str, int], int] = {}
         self.device: torch.device | None = None
 
     def compile(self, gm: Any, example_inputs: Sequence[Any]) -> CompiledFn:
@@ -260,7 +261,17 @@ class StepPlanner:
             return
         if all(ref() is not optimizer for ref in self.optimizers):
             self.optimizers.append(weakref.ref(optimizer))
-        self.static = static_memory(o for ref in self.optimizers if (o := ref()) is not None)
+        optimizers = [o for ref in self.optimizers if (o := ref()) is not None]
+        self.static = static_memory(optimizers)
+        # each parameter's gradient, by the parameter's storage: a graph's parameters' gradients
+        # exist only from its backward on (``zero_grad(set_to_none=True)``, the default)
+        self.grads = {
+            _storage_key(p): _storage_nbytes(p.grad)
+            for o in optimizers
+            for group in o.param_groups
+            for p in group["params"]
+            if p.grad is not None
+        }
 
     def ready_to_plan(self) -> bool:
         """After an observed forward, backward and optimizer step; or, with no optimizer seen, at
@@ -282,40 +293,29 @@ class StepPlanner:
                 "no optimizer step was seen after the first forward and backward: gradients and "
                 "optimizer state are not counted"
             )
-        held_keys = self._optimizer_storages()
-        # FSDP2's unsharded parameters of the block in flight: parameters the optimizer does not hold
-        in_flight = [sum(n for k, n in seen.items() if k not in held_keys) for seen in self.param_storages]
-        if static.parameters == 0:
-            in_flight = [0] * len(in_flight)
         regions = sorted(set(self.sequence))
         local = {r: i for i, r in enumerate(regions)}
         frontiers = [self.regions[r].frontier or self._fallback_frontier(r, notes) for r in regions]
         sequence = [local[r] for r in self.sequence]
-        outside = [0] * len(sequence)
-        running = 0
-        for k in range(len(sequence)):
-            running += self.external[k]
-            outside[k] = running + in_flight[k]
-        held, scratch = self._agreed(static)
-        cap = self._cap(held, static, frontiers, sequence, outside)
-        allocation = allocate(frontiers, sequence, cap - held, extra=outside)
-        least = allocate(frontiers, sequence, None, extra=outside)
-        high = fastest(frontiers, sequence, extra=outside)
-        predicted = max(held + allocation.activation_peak_bytes, held + scratch)
-        status = "within-budget" if allocation.status not in ("infeasible", "least") else "budget-infeasible"
-        if held + scratch > cap:
+        extra, attributed = self._outside_and_gradients(static)
+        held, held_forward, scratch = self._agreed(static, attributed)
+        cap = self._cap(held, held_forward, scratch, frontiers, sequence, extra)
+        allocation = allocate(frontiers, sequence, cap - held_forward, extra=extra)
+        least = allocate(frontiers, sequence, None, extra=extra)
+        high = fastest(frontiers, sequence, extra=extra)
+        status = "within-budget"
+        if allocation.status in ("infeasible", "least") or held + scratch > cap:
             status = "budget-infeasible"
-        least_peak = max(held + least.activation_peak_bytes, held + scratch)
         plan = StepPlan(
             budget=self.options.step_budget.describe(),
             cap_bytes=cap,
             status=status,
-            predicted_peak_bytes=predicted,
-            least_peak_bytes=least_peak,
-            runtime_optimal_peak_bytes=max(held + high.activation_peak_bytes, held + scratch),
+            predicted_peak_bytes=max(held_forward + allocation.activation_peak_bytes, held + scratch),
+            least_peak_bytes=max(held_forward + least.activation_peak_bytes, held + scratch),
+            runtime_optimal_peak_bytes=max(held_forward + high.activation_peak_bytes, held + scratch),
             static=dataclasses.replace(static, optimizer_scratch=scratch),
             activation_peak_bytes=allocation.activation_peak_bytes,
-            outside_bytes=max(outside, default=0),
+            outside_bytes=max(extra, default=0),
             predicted_recompute_s=allocation.time_s,
             notes=notes,
         )
@@ -325,6 +325,25 @@ class StepPlanner:
         _RECENT.append(plan)
         log.info("%s", plan.summary())
         return plan
+
+    def _outside_and_gradients(self, static: StaticMemory) -> tuple[list[int], int]:
+        """(per call of the observed forward: the bytes no plan changes while its backward runs, the
+        gradients attributed to the graphs' calls): inputs from eager code (live from that call
+        on), FSDP2's unsharded parameters of the call (parameters the optimizer does not hold), and
+        the gradients of the calls after it, which their backward, run before this one, made."""
+        held_keys = self._optimizer_storages()
+        seen: set[tuple[str, int]] = set()
+        own_grads = []
+        for params in self.param_storages:
+            fresh = [k for k in params if k not in seen]
+            seen.update(fresh)
+            own_grads.append(sum(self.grads.get(k, 0) for k in fresh))
+        extra, running = [], 0
+        for k, params in enumerate(self.param_storages):
+            running += self.external[k]
+            in_flight = sum(n for key, n in params.items() if key not in held_keys) if static.parameters else 0
+            extra.append(running + in_flight + sum(own_grads[k + 1 :]))
+        return extra, sum(own_grads)
 
     def _optimizer_storages(self) -> set[tuple[str, int]]:
         keys: set[tuple[str, int]] = set()
@@ -339,33 +358,39 @@ class StepPlanner:
         notes.append(f"graph {region} reported no plans (its partitioning fell back); counted as zero")
         return [StepOption((), 0, 0, 0.0)]
 
-    def _agreed(self, static: StaticMemory) -> tuple[int, int]:
-        """(held, optimizer scratch) bytes, the largest over ranks: every rank must choose the same
-        plans (``distributed.py``), and the most loaded rank is the one that runs out."""
-        values = [static.held, static.optimizer_scratch]
+    def _agreed(self, static: StaticMemory, attributed: int) -> tuple[int, int, int]:
+        """(held through the optimizer step, held while the graphs run, the optimizer's scratch),
+        the largest over ranks: every rank must choose the same plans (``distributed.py``), and the
+        most loaded rank is the one that runs out. While the graphs run, the gradients their
+        backward makes are not held yet; they are counted per call (``_outside_and_gradients``)."""
+        values = [static.held, static.held - attributed, static.optimizer_scratch]
         if world_size() > 1:
             values = _all_reduce_max(values)
-        return values[0], values[1]
+        return values[0], values[1], values[2]
 
     def _cap(
         self,
         held: int,
-        static: StaticMemory,
+        held_forward: int,
+        scratch: int,
         frontiers: list[list[StepOption]],
         sequence: list[int],
-        outside: list[int],
+        extra: list[int],
     ) -> int:
         budget = self.options.step_budget
         if budget.kind == "bytes":
             return int(budget.value)
         if budget.kind == "auto":
-            # what the device can give the step: its free memory plus what the step holds already
-            free = available_bytes(self.device)
+            # what the device can give the step: its free memory plus what the step holds of it
+            # now (gradients set to None by zero_grad are free memory already)
+            optimizers = [o for ref in self.optimizers if (o := ref()) is not None]
+            free = available_bytes(self.device) + static_memory(optimizers).held
             if world_size() > 1:
                 free = -_all_reduce_max([-free])[0]
-            return free + held
-        least = held + allocate(frontiers, sequence, None, extra=outside).activation_peak_bytes
-        high = held + fastest(frontiers, sequence, extra=outside).activation_peak_bytes
+            return free
+        least = allocate(frontiers, sequence, None, extra=extra).activation_peak_bytes
+        high = fastest(frontiers, sequence, extra=extra).activation_peak_bytes
+        least, high = (max(held_forward + a, held + scratch) for a in (least, high))
         return int(least + float(budget.value) * (high - least))
 
     def _apply(

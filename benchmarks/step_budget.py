@@ -119,6 +119,8 @@ class Run:
     predicted_recompute_ms: float | None
     status: str
     max_grad_error: float
+    #: parameters, gradients and optimizer state as the step plan counted them
+    held_bytes: int | None = None
 
 
 def run(setup: str, options: dict, size: Size = Size(), steps: int = 3) -> Run:
@@ -160,6 +162,7 @@ def run(setup: str, options: dict, size: Size = Size(), steps: int = 3) -> Run:
     plans = step_plans()[before_plans:]
     plan = plans[-1] if plans else None
     budget = options.get("step_budget", options.get("memory_budget"))
+    recompute_ms = plan.predicted_recompute_s * 1e3 if plan else _per_graph_recompute_ms(setup, size)
     return Run(
         setup,
         options.get("compiler", "inductor"),
@@ -169,10 +172,31 @@ def run(setup: str, options: dict, size: Size = Size(), steps: int = 3) -> Run:
         plan.predicted_peak_bytes if plan else None,
         plan.least_peak_bytes if plan else None,
         plan.runtime_optimal_peak_bytes if plan else None,
-        plan.predicted_recompute_s * 1e3 if plan else None,
+        recompute_ms,
         plan.status if plan else "per-graph",
         error,
+        plan.static.held if plan else None,
     )
+
+
+def _per_graph_recompute_ms(setup: str, size: Size) -> float:
+    """Predicted recompute of one step planned graph by graph: per block, the block's graph (compiled
+    first) runs once per block and the head's once."""
+    import autoremat
+
+    plans = [p for p in autoremat.recent_plans() if p.predicted_recompute_s is not None]
+    runs = [size.layers if setup == "per-block" and i == 0 else 1 for i in range(len(plans))]
+    return sum(p.predicted_recompute_s * n for p, n in zip(plans, runs, strict=True)) * 1e3
+
+
+def even_split(setup: str, compiler: str, cap: int, held: int, size: Size = Size()) -> tuple[Run, Run]:
+    """Dividing the budget by hand: each compiled graph gets a byte budget of the step's allowance
+    for activations over the number of graph runs. Then the step budget at the peak that measured,
+    for the comparison at equal measured step peak: (by hand, step budget)."""
+    instances = size.layers + 1 if setup == "per-block" else 2
+    per_graph = max((cap - held) // instances, 2)
+    by_hand = run(setup, {"memory_budget": per_graph, "compiler": compiler}, size)
+    return by_hand, run(setup, {"step_budget": by_hand.measured_bytes, "compiler": compiler}, size)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -204,9 +228,26 @@ def main(argv: list[str] | None = None) -> None:
                     f"{got.status} | {got.max_grad_error:.1e} |",
                     flush=True,
                 )
+    print()
+    print("Dividing the budget by hand (a byte budget per compiled graph) vs the step budget at the step")
+    print("peak the division measured:")
+    print()
+    print("| setup | compiler | per-graph budgets: measured bytes | recompute ms | step budget: measured bytes | recompute ms |")
+    print("|---|---|---:|---:|---:|---:|")
+    for compiler in args.compiler:
+        for setup in args.setups:
+            mid = [r for r in rows if r.setup == setup and r.compiler == compiler][1]
+            by_hand, step = even_split(setup, compiler, mid.cap_bytes, mid.held_bytes)
+            rows += [by_hand, step]
+            print(
+                f"| {setup} | {compiler} | {by_hand.measured_bytes} | {by_hand.predicted_recompute_ms:.3f} | "
+                f"{step.measured_bytes} | {step.predicted_recompute_ms:.3f} |",
+                flush=True,
+            )
     if args.json:
         with open(args.json, "w") as f:
             json.dump([asdict(r) for r in rows], f, indent=1)
+
 
 
 if __name__ == "__main__":

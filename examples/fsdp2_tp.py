@@ -9,6 +9,12 @@ whole step (see README, "Distributed training").
     torchrun --nproc_per_node=2 examples/fsdp2_tp.py                 # CPU: gloo, FSDP over 2 ranks
     torchrun --nproc_per_node=2 examples/fsdp2_tp.py --tp            # CPU: TP over 2 ranks (dp=1)
     torchrun --nproc_per_node=8 examples/fsdp2_tp.py --tp 2 --budget 0.3   # GPUs: nccl, dp=4 x tp=2
+    torchrun --nproc_per_node=2 examples/fsdp2_tp.py --step-budget 0.5     # one budget for the step
+
+With ``--step-budget`` (bytes, a size string, "auto" or a fraction between the least and the
+runtime-optimal step peak) the blocks are planned together for the whole step, AdamW included
+(README, "Step budget"), and every rank measures its last step's peak, from before the forward to
+after ``optimizer.step()``, next to the budget.
 
 Every rank prints the digest of each autoremat plan; they must be identical on all ranks (the
 decisions may not depend on rank-local measurements). ``--dump PATH`` makes rank 0 write the losses,
@@ -186,6 +192,58 @@ def apply_fsdp(model: Llama, dp_mesh) -> None:
     fully_shard(model, mesh=dp_mesh)
 
 
+def held_bytes(model: nn.Module, optimizer: torch.optim.Optimizer) -> int:
+    """Bytes this rank holds now in parameters, gradients and optimizer state (local shards)."""
+    seen, total = set(), 0
+    tensors = [*model.parameters(), *(p.grad for p in model.parameters() if p.grad is not None)]
+    tensors += [v for state in optimizer.state.values() for v in state.values() if isinstance(v, torch.Tensor)]
+    for t in tensors:
+        t = t.to_local() if hasattr(t, "to_local") else t
+        if t.untyped_storage().data_ptr() not in seen:
+            seen.add(t.untyped_storage().data_ptr())
+            total += t.untyped_storage().nbytes()
+    return total
+
+
+def measure_step(model, optimizer, tokens, targets, device_type) -> tuple[int, float]:
+    """(this rank's step peak: what it held before plus the allocator's peak above that over the
+    forward, backward and optimizer step; the step's loss)."""
+    from autoremat.measure import step_peak_bytes
+
+    box = []
+
+    def step() -> None:
+        loss = loss_fn(model(tokens.to(device_type)), targets.to(device_type))
+        loss.backward()
+        optimizer.step()
+        box.append(loss.detach().clone())
+
+    before = held_bytes(model, optimizer)
+    peak = before + step_peak_bytes(step, torch.device(device_type))
+    loss = box[0]
+    dist.all_reduce(loss)
+    return peak, loss.item() / dist.get_world_size()
+
+
+def report_step_budget(measured: int, rank: int, world: int) -> list:
+    """Every rank's (rank, measured, budget, predicted, status), printed by rank 0."""
+    import autoremat
+
+    plan = autoremat.step_plans()[-1]
+    row = (rank, measured, plan.cap_bytes, plan.predicted_peak_bytes, plan.status)
+    rows: list = [None] * world
+    dist.all_gather_object(rows, row)
+    if rank == 0:
+        print(plan.summary(), flush=True)
+        for r, got, cap, predicted, status in rows:
+            print(
+                f"rank {r}: step peak {got} bytes measured, budget {cap}, measured / budget "
+                f"{got / cap:.3f}, predicted {predicted} ({status})",
+                flush=True,
+            )
+    return rows
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -203,6 +261,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--batch", type=int, default=4, help="global batch (split over dp ranks)")
     parser.add_argument("--layers", type=int, default=2)
+    parser.add_argument("--seq", type=int, default=16)
+    parser.add_argument(
+        "--step-budget", default=None, help="one budget for the whole step, per rank (AdamW); measured"
+    )
     parser.add_argument("--no-compile", action="store_true", help="eager FSDP/TP, for comparison")
     parser.add_argument("--dump", default=None, help="rank 0 writes losses, step-0 grads and digests here")
     return parser.parse_args(argv)
@@ -232,7 +294,7 @@ def main(argv: list[str] | None = None) -> None:
 
     dp = world // opts.tp
     mesh = init_device_mesh(device_type, (dp, opts.tp), mesh_dim_names=("dp", "tp"))
-    args = ModelArgs(layers=opts.layers)
+    args = ModelArgs(layers=opts.layers, seq=opts.seq)
     if opts.batch % dp:
         raise SystemExit(f"--batch {opts.batch} must be divisible by the dp degree {dp}")
     model = build_model(args).to(device_type)
@@ -240,15 +302,27 @@ def main(argv: list[str] | None = None) -> None:
         apply_tp(model, mesh["tp"])
     if not opts.no_compile:
         compiler = opts.compiler or ("inductor" if cuda else "eager")
-        apply_compile(model, {"memory_budget": budget_option(opts.budget), "compiler": compiler})
+        budget = {"memory_budget": budget_option(opts.budget)}
+        if opts.step_budget is not None:
+            budget = {"step_budget": budget_option(opts.step_budget)}
+        apply_compile(model, {**budget, "compiler": compiler})
     apply_fsdp(model, mesh["dp"])
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    if opts.step_budget is not None:
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    else:
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
 
     dp_rank, per_rank = mesh["dp"].get_local_rank(), opts.batch // dp
     losses, grads = [], {}
+    measured = None
     for step in range(opts.steps):
         tokens, targets = global_batch(args, opts.batch, step)
         rows = slice(dp_rank * per_rank, (dp_rank + 1) * per_rank)
+        if opts.step_budget is not None and step == opts.steps - 1:
+            measured, loss = measure_step(model, optimizer, tokens[rows], targets[rows], device_type)
+            losses.append(loss)
+            optimizer.zero_grad()
+            continue
         loss = loss_fn(model(tokens[rows].to(device_type)), targets[rows].to(device_type))
         loss.backward()
         # the reported loss is the global-batch mean, as a single process would compute it
@@ -262,6 +336,7 @@ def main(argv: list[str] | None = None) -> None:
         if rank == 0:
             print(f"step {step}: loss {losses[-1]:.6f}", flush=True)
 
+    step_rows = report_step_budget(measured, rank, world) if measured is not None else []
     digests = [plan.digest() for plan in autoremat.recent_plans()]
     every_rank: list[list[str] | None] = [None] * world
     dist.all_gather_object(every_rank, digests)
@@ -282,6 +357,7 @@ def main(argv: list[str] | None = None) -> None:
                     "tp": opts.tp,
                     "layers": opts.layers,
                     "batch": opts.batch,
+                    "step_budget": step_rows,
                 },
                 opts.dump,
             )

@@ -386,3 +386,17 @@ def test_fsdp2_tp_and_inductor_two_ranks_match_eager(tmp_path, extra):
     assert result["tp"] == (2 if "--tp" in extra else 1)
     _check_against_eager(result)
     assert all(p["status"] != "fallback" for p in result["plans"]), result["plans"]
+
+
+@pytest.mark.skipif(not dist.is_gloo_available(), reason="needs the gloo backend")
+def test_fsdp2_step_budget_holds_on_every_rank(tmp_path):
+    """One budget for the step (AdamW, FSDP2's sharded state, the unsharded block in flight): every
+    rank's measured step peak stays within 2% of it, and the ranks choose the same plans."""
+    extra = ("--compiler", "eager", "--step-budget", "0.5", "--seq", "128", "--batch", "8", "--layers", "4")
+    result, _ = _torchrun(tmp_path, *extra, "--steps", "3")
+    rows = result["step_budget"]
+    assert len(rows) == 2
+    for _rank, measured, cap, _predicted, status in rows:
+        assert status == "within-budget" and measured <= cap * 1.02, rows
+    rank0, rank1 = result["digests"]
+    assert rank0 and rank0 == rank1, result["digests"]
