@@ -42,7 +42,6 @@ from autoremat.passes.inductor_check import InductorCheck
 from autoremat.passes.mincut import solve_min_cut
 from autoremat.passes.rewrite import split_joint_graph
 from autoremat.passes.search import BudgetTarget, SolveResult, solve, solve_saved
-from autoremat.passes.step_allocation import StepOption
 from autoremat.passes.solver import JointGraph
 from autoremat.plan import Plan, RecomputedOp, record
 from autoremat.plan_builder import build_plan
@@ -84,9 +83,9 @@ class RematPartitioner(compat.CustomPartitionerFn):
         self.calibration, self._notes = _calibration_or_datasheet(options, device)
         #: set by the backend before each compile; stamped on plans so they can be stored and found
         self.graph_key = ""
-        #: receives the frontier of plans of each graph partitioned and the names the chosen plan
-        #: saves (``step.py``, a whole-step budget)
-        self.frontier_sink: Callable[[list[StepOption], tuple[str, ...]], None] | None = None
+        #: receives the frontier of plans of each graph partitioned, the keys of what the chosen plan
+        #: saves and a check of an option's peak under Inductor (``step.py``, a whole-step budget)
+        self.frontier_sink: Callable[..., None] | None = None
 
     def __deepcopy__(self, memo: dict[int, Any]) -> RematPartitioner:
         """Inductor deep-copies its config, this partitioner included, to key its caches; the
@@ -183,7 +182,9 @@ class RematPartitioner(compat.CustomPartitionerFn):
             solution = self._solve(analysis, costs, device, self._check(gm, analysis), joint)
         if self.frontier_sink is not None:
             keys = stable_node_keys(analysis.graph)
-            self.frontier_sink(solution.frontier, tuple(keys[n] for n in solution.cut.saved))
+            self.frontier_sink(
+                solution.frontier, tuple(keys[n] for n in solution.cut.saved), solution.check_option
+            )
         fw, bw = split_joint_graph(gm, analysis, solution.cut.saved)
         plan = build_plan(analysis, costs, solution, budget=self.options.budget_label())
         return fw, bw, plan

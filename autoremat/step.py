@@ -6,13 +6,13 @@ backward, all live at once, and the transient peak of the graph whose backward r
 a step are compiled one at a time, each before the next is even traced, and the optimizer's state
 does not exist before its first step, so the step is planned from one observed step:
 
-1. **Observe.** Each graph compiles with its least-peak plan (a safe start: it is not the step's
-   least peak, which depends on how often each graph runs, but it is close) and hands over its frontier of plans (end-of-forward bytes,
-   peak, recompute time, ``passes/step_allocation.py``). Its calls in the first forward give the
-   step's sequence: which graph runs where, how often (one graph per block runs once per block), and
-   which inputs came from outside the compiled graphs (an embedding's output, FSDP2's unsharded
-   parameters of the block in flight). The first optimizer step gives parameters, gradients and
-   optimizer state (``cost_models/optimizer_memory.py``).
+1. **Observe.** Each graph compiles with its least-peak plan (a safe start: not the step's least
+   peak, which depends on how often each graph runs, but close to it) and hands over its frontier
+   of plans (end-of-forward bytes, peak, recompute time, ``passes/step_allocation.py``). Its calls
+   in the first forward give the step's sequence: which graph runs where, how often (one graph per
+   block runs once per block), and which inputs came from outside the compiled graphs (an
+   embedding's output, FSDP2's unsharded parameters of the block in flight). The first optimizer
+   step gives parameters, gradients and optimizer state (``cost_models/optimizer_memory.py``).
 2. **Plan.** At the first compiled call after that, one plan per graph is chosen with the least
    predicted recompute time of the step whose predicted peak fits the budget, and every graph whose
    plan changes is compiled again with it, when next called. Compile time is paid once more for
@@ -24,7 +24,6 @@ recompilation, a new input shape) starts observing again.
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import functools
 import logging
@@ -119,19 +118,26 @@ class Region:
 
     def __init__(self, planner: StepPlanner, index: int, gm: Any, example_inputs: Sequence[Any]) -> None:
         self.planner, self.index = planner, index
-        # compiling rewrites the graph; a later compile needs it as Dynamo handed it over
+        # compiled again later from the same graph and example inputs, under the same tracing context
         self.gm = gm
         self.example_inputs = list(example_inputs)
         self.context = compat.current_tracing_context()
         self.frontier: list[StepOption] = []
         self.saved: tuple[str, ...] | None = None
+        #: checks an option's peak against Inductor's schedule (None on the codegen-free path)
+        self.check: Callable[[StepOption], int | None] | None = None
         self.pending: tuple[str, ...] | None = None
         observe = dataclasses.replace(planner.options, memory_budget=MemoryBudget("fraction", 0.0))
         self.compiled = self._compile(gm, self.example_inputs, observe)
 
-    def _receive(self, frontier: list[StepOption], saved: tuple[str, ...]) -> None:
+    def _receive(
+        self,
+        frontier: list[StepOption],
+        saved: tuple[str, ...],
+        check: Callable[[StepOption], int | None] | None = None,
+    ) -> None:
         if frontier:  # a compile with the step's chosen plan reports no frontier of its own
-            self.frontier, self.saved = frontier, saved
+            self.frontier, self.saved, self.check = frontier, saved, check
 
     def _compile(self, gm: Any, example_inputs: list[Any], options: RematOptions) -> CompiledFn:
         from autoremat.backend import compile_graph
@@ -163,6 +169,12 @@ class Region:
             planner.observe_outputs(out)
         return out
 
+
+#: forwards after the first backward that a planner waits for an optimizer step before planning
+#: without one
+PATIENCE = 16
+#: the most plans one step plan checks against Inductor's schedule (about a second each)
+MAX_STEP_CHECKS = 6
 
 _PLANNERS: weakref.WeakSet[StepPlanner] = weakref.WeakSet()
 _HOOK: Any = None
@@ -209,6 +221,7 @@ class StepPlanner:
         self.optimizers: list[weakref.ref[torch.optim.Optimizer]] = []
         self.static: StaticMemory | None = None
         self.grads: dict[tuple[str, int], int] = {}
+        self._calls_after_backward = 0
         self.device: torch.device | None = None
 
     def compile(self, gm: Any, example_inputs: Sequence[Any]) -> CompiledFn:
@@ -274,9 +287,13 @@ class StepPlanner:
         }
 
     def ready_to_plan(self) -> bool:
-        """After an observed forward, backward and optimizer step; or, with no optimizer seen, at
-        the second forward."""
-        return self.observing and self.backward_seen and bool(self.sequence)
+        """After an observed forward, backward and optimizer step (gradient accumulation runs more
+        forwards before the optimizer steps); with no optimizer step in ``PATIENCE`` forwards, the
+        training loop updates the weights itself, and the step is planned without one."""
+        if not (self.observing and self.backward_seen and self.sequence):
+            return False
+        self._calls_after_backward += 1
+        return self.static is not None or self._calls_after_backward > PATIENCE * len(self.sequence)
 
     # -- planning ------------------------------------------------------------------------------
 
@@ -290,7 +307,7 @@ class StepPlanner:
                 params.update(seen)
             static = StaticMemory(parameters=sum(params.values()))
             notes.append(
-                "no optimizer step was seen after the first forward and backward: gradients and "
+                f"no optimizer step was seen in {PATIENCE} forwards after the first backward: gradients and "
                 "optimizer state are not counted"
             )
         regions = sorted(set(self.sequence))
@@ -300,7 +317,7 @@ class StepPlanner:
         extra, attributed = self._outside_and_gradients(static)
         held, held_forward, scratch = self._agreed(static, attributed)
         cap = self._cap(held, held_forward, scratch, frontiers, sequence, extra)
-        allocation = allocate(frontiers, sequence, cap - held_forward, extra=extra)
+        allocation = self._allocate_checked(regions, frontiers, sequence, cap - held_forward, extra)
         least = allocate(frontiers, sequence, None, extra=extra)
         high = fastest(frontiers, sequence, extra=extra)
         status = "within-budget"
@@ -326,6 +343,38 @@ class StepPlanner:
         log.info("%s", plan.summary())
         return plan
 
+    def _allocate_checked(
+        self,
+        regions: list[int],
+        frontiers: list[list[StepOption]],
+        sequence: list[int],
+        cap: int,
+        extra: list[int],
+    ) -> Allocation:
+        """The allocation, its choices checked against Inductor's schedule where their peaks were
+        only estimated (``frontiers`` is updated with the checked peaks), allocated again until every
+        choice is checked or ``MAX_STEP_CHECKS`` checks were made."""
+        checks = 0
+        while True:
+            allocation = allocate(frontiers, sequence, cap, extra=extra)
+            unchecked = [
+                i
+                for i, options in enumerate(frontiers)
+                if not options[allocation.choice[i]].checked and self.regions[regions[i]].check is not None
+            ]
+            if not unchecked or checks >= MAX_STEP_CHECKS:
+                return allocation
+            for i in unchecked:
+                option = frontiers[i][allocation.choice[i]]
+                peak = self.regions[regions[i]].check(option)
+                checks += 1
+                if peak is None:  # the check failed: this region plans with its estimates
+                    self.regions[regions[i]].check = None
+                    continue
+                frontiers[i][allocation.choice[i]] = dataclasses.replace(
+                    option, peak_bytes=peak, checked=True
+                )
+
     def _outside_and_gradients(self, static: StaticMemory) -> tuple[list[int], int]:
         """(per call of the observed forward: the bytes no plan changes while its backward runs, the
         gradients attributed to the graphs' calls): inputs from eager code (live from that call
@@ -341,7 +390,9 @@ class StepPlanner:
         extra, running = [], 0
         for k, params in enumerate(self.param_storages):
             running += self.external[k]
-            in_flight = sum(n for key, n in params.items() if key not in held_keys) if static.parameters else 0
+            in_flight = (
+                sum(n for key, n in params.items() if key not in held_keys) if static.parameters else 0
+            )
             extra.append(running + in_flight + sum(own_grads[k + 1 :]))
         return extra, sum(own_grads)
 

@@ -41,7 +41,12 @@ class StepLlama(nn.Module):
     """Four Llama blocks and a head; ``graph_break_after`` inserts a graph break after that block."""
 
     def __init__(
-        self, vocab: int = 512, d: int = 64, layers: int = 4, seq: int = 256, graph_break_after: int | None = None
+        self,
+        vocab: int = 512,
+        d: int = 64,
+        layers: int = 4,
+        seq: int = 256,
+        graph_break_after: int | None = None,
     ) -> None:
         super().__init__()
         self.emb = nn.Embedding(vocab, d)
@@ -97,7 +102,9 @@ def held_bytes(model: nn.Module, optimizer: torch.optim.Optimizer) -> int:
     seen: set[int] = set()
     total = 0
     tensors = [*model.parameters(), *(p.grad for p in model.parameters() if p.grad is not None)]
-    tensors += [v for state in optimizer.state.values() for v in state.values() if isinstance(v, torch.Tensor)]
+    tensors += [
+        v for state in optimizer.state.values() for v in state.values() if isinstance(v, torch.Tensor)
+    ]
     for t in tensors:
         storage = t.untyped_storage()
         if storage.data_ptr() not in seen:
@@ -151,7 +158,9 @@ def run(setup: str, options: dict, size: Size = Size(), steps: int = 3) -> Run:
                     mine.copy_(theirs)
             eager(idx, targets).backward()
             call(idx, targets).backward()
-            error = max_relative_error([p.grad for p in model.parameters()], [p.grad for p in eager.parameters()])
+            error = max_relative_error(
+                [p.grad for p in model.parameters()], [p.grad for p in eager.parameters()]
+            )
             optimizer.step()
         else:
             step()
@@ -232,7 +241,10 @@ def main(argv: list[str] | None = None) -> None:
     print("Dividing the budget by hand (a byte budget per compiled graph) vs the step budget at the step")
     print("peak the division measured:")
     print()
-    print("| setup | compiler | per-graph budgets: measured bytes | recompute ms | step budget: measured bytes | recompute ms |")
+    print(
+        "| setup | compiler | per-graph budgets: measured bytes | recompute ms "
+        "| step budget: measured bytes | recompute ms |"
+    )
     print("|---|---|---:|---:|---:|---:|")
     for compiler in args.compiler:
         for setup in args.setups:
@@ -247,7 +259,6 @@ def main(argv: list[str] | None = None) -> None:
     if args.json:
         with open(args.json, "w") as f:
             json.dump([asdict(r) for r in rows], f, indent=1)
-
 
 
 if __name__ == "__main__":

@@ -3,8 +3,8 @@
 A Llama-style model (RMSNorm, rotary attention, SwiGLU) trained for a few steps the way torchtitan
 does it: tensor parallelism first (``--tp``), then each TransformerBlock compiled on its own, then
 FSDP2 (``fully_shard``) per block and on the root. Per-block compile keeps every joint graph small and
-identical across blocks; the memory budget therefore applies to each block's joint graph, not to the
-whole step (see README, "Distributed training").
+identical across blocks; a ``--budget`` therefore applies to each block's joint graph, and a
+``--step-budget`` to the whole step (see README, "Distributed training" and "Step budget").
 
     torchrun --nproc_per_node=2 examples/fsdp2_tp.py                 # CPU: gloo, FSDP over 2 ranks
     torchrun --nproc_per_node=2 examples/fsdp2_tp.py --tp            # CPU: TP over 2 ranks (dp=1)
@@ -196,7 +196,9 @@ def held_bytes(model: nn.Module, optimizer: torch.optim.Optimizer) -> int:
     """Bytes this rank holds now in parameters, gradients and optimizer state (local shards)."""
     seen, total = set(), 0
     tensors = [*model.parameters(), *(p.grad for p in model.parameters() if p.grad is not None)]
-    tensors += [v for state in optimizer.state.values() for v in state.values() if isinstance(v, torch.Tensor)]
+    tensors += [
+        v for state in optimizer.state.values() for v in state.values() if isinstance(v, torch.Tensor)
+    ]
     for t in tensors:
         t = t.to_local() if hasattr(t, "to_local") else t
         if t.untyped_storage().data_ptr() not in seen:

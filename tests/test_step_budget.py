@@ -74,7 +74,12 @@ def test_the_allocation_is_the_brute_force_optimum(step):
 
 
 def test_the_frontier_keeps_only_undominated_plans():
-    a, b, c, d = _option(10, 50, 1.0, "a"), _option(5, 50, 2.0, "b"), _option(10, 60, 2.0, "c"), _option(5, 40, 3.0, "d")
+    a, b, c, d = (
+        _option(10, 50, 1.0, "a"),
+        _option(5, 50, 2.0, "b"),
+        _option(10, 60, 2.0, "c"),
+        _option(5, 40, 3.0, "d"),
+    )
     assert frontier([a, b, c, d]) == [a, b, d]  # c is beaten by a on every count
 
 
@@ -113,7 +118,10 @@ def _grid(setup: str) -> list:
     probe = run(setup, {"step_budget": 0.5, "compiler": "eager"}, SMALL)
     least, high = probe.least_bytes, probe.runtime_optimal_bytes
     assert least < high
-    return [run(setup, {"step_budget": int(least + f * (high - least)), "compiler": "eager"}, SMALL) for f in (0.25, 0.5, 0.75)]
+    return [
+        run(setup, {"step_budget": int(least + f * (high - least)), "compiler": "eager"}, SMALL)
+        for f in (0.25, 0.5, 0.75)
+    ]
 
 
 def test_per_block_compiled_steps_stay_within_the_step_budget():
@@ -147,3 +155,45 @@ def test_an_infeasible_step_budget_names_the_least_step_peak_and_its_parts(caplo
     assert "optimizer state" in caplog.text and "using the least-memory plans" in caplog.text
     with pytest.raises(autoremat.StepBudgetInfeasible, match="strict=True.*least step peak.*gradients"):
         run("per-block", {"step_budget": budget, "compiler": "eager", "strict": True}, SMALL)
+
+
+def test_chosen_plans_are_checked_and_the_step_allocated_again_on_their_checked_peaks():
+    """Under Inductor most frontier peaks are estimates: the options a step plan chooses are checked
+    and, where a check finds more than the estimate, the allocation is made again on it."""
+    from types import SimpleNamespace
+
+    from autoremat.step import StepPlanner
+
+    fast = StepOption(("fast",), 10, 60, 1.0)  # estimated 60, checks at 90
+    slow = StepOption(("slow",), 10, 70, 2.0, checked=True)
+    checked_peaks = {("fast",): 90}
+    calls = []
+
+    def check(option):
+        calls.append(option.saved)
+        return checked_peaks[option.saved]
+
+    planner = object.__new__(StepPlanner)
+    planner.regions = [SimpleNamespace(check=check)]
+    frontiers = [[fast, slow]]
+    allocation = planner._allocate_checked([0], frontiers, [0], 80, [0])
+    assert calls == [("fast",)] and allocation.choice == (1,)
+    assert frontiers[0][0].checked and frontiers[0][0].peak_bytes == 90
+
+
+def test_a_training_loop_without_an_optimizer_is_planned_after_waiting_and_says_so():
+    from autoremat.step import PATIENCE
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(32, 64), torch.nn.ReLU(), torch.nn.Linear(64, 1))
+    compiled = torch.compile(model, backend=autoremat.backend(step_budget="1GiB", compiler="eager"))
+    before = len(autoremat.step_plans())
+    for _ in range(PATIENCE + 2):
+        compiled(torch.randn(8, 32)).sum().backward()
+        with torch.no_grad():
+            for p in model.parameters():
+                p -= 0.01 * p.grad
+                p.grad = None
+    (plan,) = autoremat.step_plans()[before:]
+    assert plan.status == "within-budget" and plan.static.optimizer_state == 0
+    assert any("no optimizer step was seen" in note for note in plan.notes)

@@ -86,6 +86,9 @@ class SolveResult:
     #: the plans considered that no other beats on end-of-forward bytes, peak and time: what this
     #: graph offers a whole-step budget (``step_allocation.py``)
     frontier: list[StepOption] = field(default_factory=list)
+    #: the checked peak of a frontier option (None where there is no check): a whole-step budget
+    #: checks the options it chooses, as the search checks its finalists
+    check_option: Callable[[StepOption], int | None] | None = None
 
     @property
     def feasible(self) -> bool:
@@ -140,6 +143,8 @@ def solve(
     result.stats.update(checked.stats())
     result.stats["solve_seconds"] = time.perf_counter() - started
     result.frontier = frontier(checked.step_option(c) for c in pool.plans.values())
+    if checked.check is not None:
+        result.check_option = lambda option: checked.check_option(option)
     if deadline.left() <= 0:
         result.notes.append(
             f"solver time limit ({time_limit:g} s) reached: the plan is the best found so far and may "
@@ -244,6 +249,14 @@ class _Checked:
             self._keys = stable_node_keys(self.ctx.analysis.graph)
         names = tuple(self._keys[n] for n in candidate.cut.saved)
         return StepOption(names, candidate.end_bytes, int(peak), candidate.time_s, known is not None)
+
+    def check_option(self, option: StepOption) -> int | None:
+        """The checked peak of the pooled plan ``option`` stands for (None without a check)."""
+        for candidate in self.ctx.pool.plans.values():
+            if self.check is not None and self.step_option(candidate).saved == option.saved:
+                peak = self.peak(candidate)
+                return peak if self.check is not None else None
+        return None
 
     def estimate(self, model_peak: int) -> float:
         """The checked peak a plan of ``model_peak`` is expected to have (linear between anchors)."""

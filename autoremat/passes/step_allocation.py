@@ -57,7 +57,9 @@ def frontier(options: Iterable[StepOption]) -> list[StepOption]:
     kept: list[StepOption] = []
     for option in ordered:
         if not any(
-            k.end_bytes <= option.end_bytes and k.peak_bytes <= option.peak_bytes and k.time_s <= option.time_s
+            k.end_bytes <= option.end_bytes
+            and k.peak_bytes <= option.peak_bytes
+            and k.time_s <= option.time_s
             for k in kept
         ):
             kept.append(option)
@@ -176,7 +178,10 @@ def allocate(
     choice = _decode(result.x[:total], offsets, frontiers)
     status = "least" if cap_bytes is None else "infeasible"
     return Allocation(
-        choice, step_activation_peak(frontiers, sequence, choice, extra), _step_time(frontiers, runs, choice), status
+        choice,
+        step_activation_peak(frontiers, sequence, choice, extra),
+        _step_time(frontiers, runs, choice),
+        status,
     )
 
 
