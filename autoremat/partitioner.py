@@ -15,6 +15,7 @@ import hashlib
 import logging
 import pathlib
 import time
+import uuid as uuid_module
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
@@ -104,10 +105,17 @@ class RematPartitioner(compat.CustomPartitionerFn):
 
     def uuid(self) -> str | None:
         """Inductor's cache identity; None (no caching of this compile) if it cannot be computed, since
-        a wrong identity could serve a stale plan and raising would stop the user's compile."""
+        a wrong identity could serve a stale plan and raising would stop the user's compile.
+
+        A step budget's observing compile is never served from a cache (its identity carries a
+        one-time nonce): the partitioner would not run, and the step planner would not get the
+        graph's frontier of plans."""
+        observing = self.frontier_sink is not None and self.options.forced_saved is None
         try:
             cal = self.calibration.fingerprint() if self.calibration else ""
             text = f"autoremat-{__version__}-{_source_digest()}-{self.options.fingerprint()}-{cal}"
+            if observing:
+                text += f"-observing-{uuid_module.uuid4().hex}"
         except Exception as exc:  # noqa: BLE001 - a cache key must never stop training
             log.warning(
                 "autoremat: cannot compute the cache identity (%s: %s); not caching", type(exc).__name__, exc
