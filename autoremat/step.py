@@ -124,8 +124,8 @@ class Region:
         self.context = compat.current_tracing_context()
         self.frontier: list[StepOption] = []
         self.saved: tuple[str, ...] | None = None
-        #: checks an option's peak against Inductor's schedule (None on the codegen-free path)
-        self.check: Callable[[StepOption], int | None] | None = None
+        #: checks an option's peaks against Inductor's schedule (None on the codegen-free path)
+        self.check: Callable[[StepOption], StepOption | None] | None = None
         self.pending: tuple[str, ...] | None = None
         observe = dataclasses.replace(planner.options, memory_budget=MemoryBudget("fraction", 0.0))
         self.compiled = self._compile(gm, self.example_inputs, observe)
@@ -134,7 +134,7 @@ class Region:
         self,
         frontier: list[StepOption],
         saved: tuple[str, ...],
-        check: Callable[[StepOption], int | None] | None = None,
+        check: Callable[[StepOption], StepOption | None] | None = None,
     ) -> None:
         if frontier:  # a compile with the step's chosen plan reports no frontier of its own
             self.frontier, self.saved, self.check = frontier, saved, check
@@ -217,6 +217,9 @@ class StepPlanner:
         #: optimizer holds)
         self.param_storages: list[dict[tuple[str, int], int]] = []
         self._produced: set[tuple[str, int]] = set()
+        #: per call: the storages of its tensor inputs, and of its outputs with their bytes
+        self.inputs: list[set[tuple[str, int]]] = []
+        self.outputs: list[dict[tuple[str, int], int]] = []
         self._seen_inputs: set[tuple[str, int]] = set()
         self.optimizers: list[weakref.ref[torch.optim.Optimizer]] = []
         self.static: StaticMemory | None = None
@@ -244,11 +247,12 @@ class StepPlanner:
 
     def observe_inputs(self, region: Region, values: Sequence[Any]) -> None:
         self.sequence.append(region.index)
-        external, params = 0, {}
+        external, params, inputs = 0, {}, set()
         for value in values:
             if not isinstance(value, torch.Tensor) or value.device.type == "meta":
                 continue
             key = _storage_key(value)
+            inputs.add(key)
             if isinstance(value, torch.nn.Parameter):
                 params[key] = _storage_nbytes(value)
             elif key not in self._produced and key not in self._seen_inputs and value.requires_grad:
@@ -256,15 +260,18 @@ class StepPlanner:
             self._seen_inputs.add(key)
         self.external.append(external)
         self.param_storages.append(params)
+        self.inputs.append(inputs)
 
     def observe_outputs(self, out: Any) -> None:
-        hooked = False
+        hooked, outputs = False, {}
         for value in out if isinstance(out, (list, tuple)) else (out,):
             if isinstance(value, torch.Tensor):
                 self._produced.add(_storage_key(value))
+                outputs[_storage_key(value)] = _storage_nbytes(value)
                 if not hooked and value.requires_grad:
                     value.register_hook(self._backward_started)
                     hooked = True
+        self.outputs.append(outputs)
 
     def _backward_started(self, grad: torch.Tensor) -> None:
         self.backward_seen = True
@@ -315,11 +322,12 @@ class StepPlanner:
         frontiers = [self.regions[r].frontier or self._fallback_frontier(r, notes) for r in regions]
         sequence = [local[r] for r in self.sequence]
         extra, attributed = self._outside_and_gradients(static)
+        released = self._released()
         held, held_forward, scratch = self._agreed(static, attributed)
-        cap = self._cap(held, held_forward, scratch, frontiers, sequence, extra)
-        allocation = self._allocate_checked(regions, frontiers, sequence, cap - held_forward, extra)
-        least = allocate(frontiers, sequence, None, extra=extra)
-        high = fastest(frontiers, sequence, extra=extra)
+        cap = self._cap(held, held_forward, scratch, frontiers, sequence, extra, released)
+        allocation = self._allocate_checked(regions, frontiers, sequence, cap - held_forward, extra, released)
+        least = allocate(frontiers, sequence, None, extra, released)
+        high = fastest(frontiers, sequence, extra, released)
         status = "within-budget"
         if allocation.status in ("infeasible", "least") or held + scratch > cap:
             status = "budget-infeasible"
@@ -350,13 +358,14 @@ class StepPlanner:
         sequence: list[int],
         cap: int,
         extra: list[int],
+        released: list[int],
     ) -> Allocation:
         """The allocation, its choices checked against Inductor's schedule where their peaks were
         only estimated (``frontiers`` is updated with the checked peaks), allocated again until every
         choice is checked or ``MAX_STEP_CHECKS`` checks were made."""
         checks = 0
         while True:
-            allocation = allocate(frontiers, sequence, cap, extra=extra)
+            allocation = allocate(frontiers, sequence, cap, extra, released)
             unchecked = [
                 i
                 for i, options in enumerate(frontiers)
@@ -365,15 +374,23 @@ class StepPlanner:
             if not unchecked or checks >= MAX_STEP_CHECKS:
                 return allocation
             for i in unchecked:
-                option = frontiers[i][allocation.choice[i]]
-                peak = self.regions[regions[i]].check(option)
+                checked = self.regions[regions[i]].check(frontiers[i][allocation.choice[i]])
                 checks += 1
-                if peak is None:  # the check failed: this region plans with its estimates
+                if checked is None:  # the check failed: this region plans with its estimates
                     self.regions[regions[i]].check = None
                     continue
-                frontiers[i][allocation.choice[i]] = dataclasses.replace(
-                    option, peak_bytes=peak, checked=True
-                )
+                frontiers[i][allocation.choice[i]] = checked
+
+    def _released(self) -> list[int]:
+        """Per call: bytes of its outputs that later calls took as inputs. A later call's backward
+        runs first and releases them, so they are not live in this call's backward (unless this
+        call's plan saves them, ``StepOption.releasable_bytes``)."""
+        later: set[tuple[str, int]] = set()
+        released = [0] * len(self.outputs)
+        for k in range(len(self.outputs) - 1, -1, -1):
+            released[k] = sum(n for key, n in self.outputs[k].items() if key in later)
+            later |= self.inputs[k]
+        return released
 
     def _outside_and_gradients(self, static: StaticMemory) -> tuple[list[int], int]:
         """(per call of the observed forward: the bytes no plan changes while its backward runs, the
@@ -427,6 +444,7 @@ class StepPlanner:
         frontiers: list[list[StepOption]],
         sequence: list[int],
         extra: list[int],
+        released: list[int],
     ) -> int:
         budget = self.options.step_budget
         if budget.kind == "bytes":
@@ -439,8 +457,8 @@ class StepPlanner:
             if world_size() > 1:
                 free = -_all_reduce_max([-free])[0]
             return free
-        least = allocate(frontiers, sequence, None, extra=extra).activation_peak_bytes
-        high = fastest(frontiers, sequence, extra=extra).activation_peak_bytes
+        least = allocate(frontiers, sequence, None, extra, released).activation_peak_bytes
+        high = fastest(frontiers, sequence, extra, released).activation_peak_bytes
         least, high = (max(held_forward + a, held + scratch) for a in (least, high))
         return int(least + float(budget.value) * (high - least))
 

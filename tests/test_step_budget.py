@@ -31,12 +31,18 @@ def _option(end: int, peak: int, time_s: float, name: str = "") -> StepOption:
     return StepOption((name,), end, peak, time_s)
 
 
+def _phased(end: int, forward: int, backward: int, time_s: float, releasable: int) -> StepOption:
+    return StepOption(("",), end, max(forward, backward), time_s, False, forward, backward, releasable)
+
+
 options_st = st.lists(
     st.builds(
-        _option,
+        _phased,
         st.integers(0, 50),
         st.integers(1, 100),
+        st.integers(1, 100),
         st.floats(0.0, 10.0, allow_nan=False).map(lambda t: round(t, 2)),
+        st.integers(0, 30),
     ),
     min_size=1,
     max_size=4,
@@ -49,28 +55,42 @@ def steps(draw):
     extra_calls = draw(st.lists(st.integers(0, len(frontiers) - 1), max_size=3))
     sequence = draw(st.permutations([*range(len(frontiers)), *extra_calls]))
     extra = draw(st.lists(st.integers(0, 20), min_size=len(sequence), max_size=len(sequence)))
+    released = draw(st.lists(st.integers(0, 40), min_size=len(sequence), max_size=len(sequence)))
     cap = draw(st.integers(0, 400))
-    return frontiers, list(sequence), extra, cap
+    return frontiers, list(sequence), extra, released, cap
 
 
 @settings(max_examples=150, deadline=None)
 @given(steps())
 def test_the_allocation_is_the_brute_force_optimum(step):
-    frontiers, sequence, extra, cap = step
+    frontiers, sequence, extra, released, cap = step
     runs = [sequence.count(r) for r in range(len(frontiers))]
     choices = list(itertools.product(*(range(len(f)) for f in frontiers)))
-    peak = {c: step_activation_peak(frontiers, sequence, c, extra) for c in choices}
+    peak = {c: _brute_peak(frontiers, sequence, c, extra, released) for c in choices}
     time = {c: sum(frontiers[r][c[r]].time_s * runs[r] for r in range(len(frontiers))) for c in choices}
-    least = allocate(frontiers, sequence, None, extra)
+    least = allocate(frontiers, sequence, None, extra, released)
     assert least.activation_peak_bytes == min(peak.values())
-    got = allocate(frontiers, sequence, cap, extra)
+    got = allocate(frontiers, sequence, cap, extra, released)
     fitting = [c for c in choices if peak[c] <= cap]
     if not fitting:
         assert got.status == "infeasible" and got.activation_peak_bytes == min(peak.values())
     else:
         assert got.status in ("optimal", "feasible") and got.activation_peak_bytes <= cap
         assert got.time_s == pytest.approx(min(time[c] for c in fitting), abs=1e-9)
-    assert fastest(frontiers, sequence, extra).time_s == pytest.approx(min(time.values()), abs=1e-9)
+    assert fastest(frontiers, sequence, extra, released).time_s == pytest.approx(min(time.values()), abs=1e-9)
+    assert step_activation_peak(frontiers, sequence, got.choice, extra, released) == peak[got.choice]
+
+
+def _brute_peak(frontiers, sequence, choice, extra, released) -> int:
+    """The step formula written out: while call k runs, the calls before it hold their end bytes;
+    its backward no longer holds the outputs later calls released (those it does not save)."""
+    worst = 0
+    for k, region in enumerate(sequence):
+        option = frontiers[region][choice[region]]
+        held = sum(frontiers[r][choice[r]].end_bytes for r in sequence[:k])
+        backward = option.backward_peak_bytes - min(released[k], option.releasable_bytes)
+        worst = max(worst, held + extra[k] + max(option.forward_peak_bytes, backward))
+    return worst
 
 
 def test_the_frontier_keeps_only_undominated_plans():
@@ -166,17 +186,16 @@ def test_chosen_plans_are_checked_and_the_step_allocated_again_on_their_checked_
 
     fast = StepOption(("fast",), 10, 60, 1.0)  # estimated 60, checks at 90
     slow = StepOption(("slow",), 10, 70, 2.0, checked=True)
-    checked_peaks = {("fast",): 90}
     calls = []
 
     def check(option):
         calls.append(option.saved)
-        return checked_peaks[option.saved]
+        return StepOption(option.saved, option.end_bytes, 90, option.time_s, True)
 
     planner = object.__new__(StepPlanner)
     planner.regions = [SimpleNamespace(check=check)]
     frontiers = [[fast, slow]]
-    allocation = planner._allocate_checked([0], frontiers, [0], 80, [0])
+    allocation = planner._allocate_checked([0], frontiers, [0], 80, [0], [0])
     assert calls == [("fast",)] and allocation.choice == (1,)
     assert frontiers[0][0].checked and frontiers[0][0].peak_bytes == 90
 

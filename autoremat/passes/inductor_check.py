@@ -47,6 +47,7 @@ class InductorCheck:
         self.joint, self.analysis = joint, analysis
         self.config_patches = config_patches
         self._peaks: dict[tuple[fx.Node, ...], int] = {}
+        self._phases: dict[tuple[fx.Node, ...], tuple[int, int]] = {}
         self.seconds = 0.0
         #: how far the op-by-op forward peak overshot Inductor's in the forwards replayed so far (the
         #: least seen), or None before the first; see ``_forward_estimate``
@@ -59,6 +60,10 @@ class InductorCheck:
 
     def known(self, candidate: Candidate) -> int | None:
         return self._peaks.get(candidate.cut.saved)
+
+    def phases(self, candidate: Candidate) -> tuple[int, int] | None:
+        """(forward peak, backward peak) of a checked plan; the forward's may be its estimate."""
+        return self._phases.get(candidate.cut.saved)
 
     def peak(self, candidate: Candidate) -> int:
         saved = candidate.cut.saved
@@ -79,6 +84,7 @@ class InductorCheck:
                 own_graphs=True,
             )
             self._peaks[saved] = result.peak_bytes
+            self._phases[saved] = (result.forward_peak_bytes, result.backward_peak_bytes)
             if result.forward_replayed and candidate.forward_peak:
                 self.forward_replays += 1
                 overshoot = max(candidate.forward_peak - result.forward_peak_bytes, 0)

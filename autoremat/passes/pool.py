@@ -36,6 +36,8 @@ class Candidate:
     #: live at the end of the forward: saved values and the user's outputs (what the step keeps
     #: while later graphs of the step run, ``passes/step_allocation.py``)
     end_bytes: int = 0
+    #: the memory model's peak of the backward (what the forward left live included)
+    backward_peak: int = 0
 
 
 def complete_saved(analysis: JointGraphAnalysis, saved: Iterable[fx.Node]) -> CutResult:
@@ -71,7 +73,14 @@ class Pool:
         report = self.memory.peak(self.analysis, cut.saved)
         seconds = self.costs.value(self.costs.recompute_time(self.analysis.recomputed(cut.saved)))
         candidate = Candidate(
-            cut, report.peak_bytes, seconds, source, gap, report.forward_peak_bytes, report.forward_end_bytes
+            cut,
+            report.peak_bytes,
+            seconds,
+            source,
+            gap,
+            report.forward_peak_bytes,
+            report.forward_end_bytes,
+            report.backward_peak_bytes,
         )
         self.plans[cut.saved] = candidate
         return candidate

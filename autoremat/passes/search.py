@@ -88,7 +88,7 @@ class SolveResult:
     frontier: list[StepOption] = field(default_factory=list)
     #: the checked peak of a frontier option (None where there is no check): a whole-step budget
     #: checks the options it chooses, as the search checks its finalists
-    check_option: Callable[[StepOption], int | None] | None = None
+    check_option: Callable[[StepOption], StepOption | None] | None = None
 
     @property
     def feasible(self) -> bool:
@@ -241,21 +241,45 @@ class _Checked:
         return known / candidate.peak if known is not None and candidate.peak else 1.0
 
     def step_option(self, candidate: Candidate) -> StepOption:
-        """``candidate`` as a whole-step budget sees it: its checked peak where it was checked, else
-        the estimate from the checked plans (or the model's peak without a check)."""
-        known = self.check.known(candidate) if self.check is not None else None
-        peak = known if known is not None else round(self.estimate(candidate.peak))
+        """``candidate`` as a whole-step budget sees it: its checked peaks where it was checked (the
+        forward's and the backward's apart), else the estimate from the checked plans for both, or
+        the model's peaks without a check."""
         if self._keys is None:
             self._keys = stable_node_keys(self.ctx.analysis.graph)
         names = tuple(self._keys[n] for n in candidate.cut.saved)
-        return StepOption(names, candidate.end_bytes, int(peak), candidate.time_s, known is not None)
+        known = self.check.known(candidate) if self.check is not None else None
+        if known is not None:
+            phases = getattr(self.check, "phases", lambda c: None)(candidate) or (known, known)
+        elif self.check is not None:
+            phases = (round(self.estimate(candidate.peak)),) * 2
+        else:
+            phases = (candidate.forward_peak, candidate.backward_peak)
+        forward, backward = (int(p) for p in phases)
+        return StepOption(
+            names,
+            candidate.end_bytes,
+            max(forward, backward),
+            candidate.time_s,
+            known is not None,
+            forward,
+            backward,
+            self._releasable(candidate),
+        )
 
-    def check_option(self, option: StepOption) -> int | None:
-        """The checked peak of the pooled plan ``option`` stands for (None without a check)."""
+    def _releasable(self, candidate: Candidate) -> int:
+        """Bytes of the forward's outputs that ``candidate`` does not save (storages once)."""
+        facts = self.ctx.analysis.facts
+        saved = {facts[n].storage_base for n in candidate.cut.saved if n in facts}
+        bases = {facts[n].storage_base for n in self.ctx.analysis.fwd_outputs if n in facts}
+        return sum(facts[b].save_bytes for b in bases - saved if b in facts)
+
+    def check_option(self, option: StepOption) -> StepOption | None:
+        """``option`` with the checked peaks of the pooled plan it stands for (None without a
+        check, or when the check fails)."""
         for candidate in self.ctx.pool.plans.values():
             if self.check is not None and self.step_option(candidate).saved == option.saved:
-                peak = self.peak(candidate)
-                return peak if self.check is not None else None
+                self.peak(candidate)
+                return self.step_option(candidate) if self.check is not None else None
         return None
 
     def estimate(self, model_peak: int) -> float:

@@ -6,11 +6,12 @@ A step runs several compiled graphs ("regions"): one per block when blocks are c
 the backward of region instance ``k`` runs, every instance before it in forward order still holds what
 its forward left live (its saved values and outputs), so the step's activation peak is
 
-    max over instances k of  sum_{j < k} end(j) + peak(k)
+    max over instances k of  sum_{j < k} end(j) + max(forward(k), backward(k) - released(k))
 
-where ``end`` is what a plan leaves live at the end of its forward and ``peak`` the plan's own peak
-(forward or backward, its gradients included). The forward of instance ``k`` peaks within the same
-bound. One compiled graph that runs N times has one plan for all N runs.
+where ``end`` is what a plan leaves live at the end of its forward, ``forward`` and ``backward`` the
+plan's own peaks (its gradients and scratch included), and ``released`` the outputs of instance k
+that later instances consumed and released before its backward (a block's output is the next
+block's input). One compiled graph that runs N times has one plan for all N runs.
 
 Each region offers its frontier of plans (end bytes, peak, predicted recompute time). Choosing one
 per region to minimise the step's recompute time under a cap is a small MILP: one binary per
@@ -46,6 +47,24 @@ class StepOption:
     time_s: float
     #: whether ``peak_bytes`` was checked against Inductor's schedule (not estimated)
     checked: bool = False
+    #: the peak of its forward and of its backward where known apart (0: ``peak_bytes`` for both)
+    forward_peak_bytes: int = 0
+    backward_peak_bytes: int = 0
+    #: its forward outputs that it does not save: a later graph that consumed them has released
+    #: them before this graph's backward runs
+    releasable_bytes: int = 0
+
+    @property
+    def forward(self) -> int:
+        return self.forward_peak_bytes or self.peak_bytes
+
+    @property
+    def backward(self) -> int:
+        return self.backward_peak_bytes or self.peak_bytes
+
+    def backward_after(self, released: int) -> int:
+        """The backward's peak when later graphs released ``released`` bytes of its outputs."""
+        return self.backward - min(released, self.releasable_bytes)
 
 
 def frontier(options: Iterable[StepOption]) -> list[StepOption]:
@@ -83,20 +102,28 @@ def step_activation_peak(
     sequence: Sequence[int],
     choice: Sequence[int],
     extra: Sequence[int] = (),
+    released: Sequence[int] = (),
 ) -> int:
     """The activation peak of the step formula in the module docstring for one choice; ``extra``
-    adds bytes per instance that no plan changes (inputs from outside the compiled graphs)."""
+    adds bytes per instance that no plan changes (inputs from outside the compiled graphs),
+    ``released`` is per instance too."""
     held, peak = 0, 0
     for k, region in enumerate(sequence):
         option = frontiers[region][choice[region]]
-        peak = max(peak, held + option.peak_bytes + (extra[k] if k < len(extra) else 0))
+        own = max(option.forward, option.backward_after(_at(released, k)))
+        peak = max(peak, held + own + _at(extra, k))
         held += option.end_bytes
     return peak
 
 
-def _program(frontiers: Sequence[Sequence[StepOption]], sequence: Sequence[int]):
-    """Variable offsets per region, the one-option-per-region rows and one peak row per instance
-    (its activation bytes, to be bounded)."""
+def _at(values: Sequence[int], k: int) -> int:
+    return values[k] if k < len(values) else 0
+
+
+def _program(frontiers: Sequence[Sequence[StepOption]], sequence: Sequence[int], released: Sequence[int]):
+    """Variable offsets per region, the one-option-per-region rows and two peak rows per instance,
+    its forward's and its backward's (activation bytes, to be bounded); rows ``2k`` and ``2k + 1``
+    are instance ``k``'s."""
     offsets, total = [], 0
     for options in frontiers:
         offsets.append(total)
@@ -104,12 +131,13 @@ def _program(frontiers: Sequence[Sequence[StepOption]], sequence: Sequence[int])
     pick = np.zeros((len(frontiers), total))
     for r, options in enumerate(frontiers):
         pick[r, offsets[r] : offsets[r] + len(options)] = 1
-    rows = np.zeros((len(sequence), total))
+    rows = np.zeros((2 * len(sequence), total))
     before = np.zeros(total)
     for k, region in enumerate(sequence):
-        rows[k] = before
+        rows[2 * k] = rows[2 * k + 1] = before
         for p, option in enumerate(frontiers[region]):
-            rows[k, offsets[region] + p] += option.peak_bytes
+            rows[2 * k, offsets[region] + p] += option.forward
+            rows[2 * k + 1, offsets[region] + p] += option.backward_after(_at(released, k))
         for p, option in enumerate(frontiers[region]):
             before[offsets[region] + p] += option.end_bytes
     return offsets, total, pick, rows
@@ -133,15 +161,16 @@ def allocate(
     sequence: Sequence[int],
     cap_bytes: int | None,
     extra: Sequence[int] = (),
+    released: Sequence[int] = (),
 ) -> Allocation:
     """The choice with the least step recompute time whose activation peak (``extra`` included, see
     ``step_activation_peak``) is within ``cap_bytes``; with ``cap_bytes=None``, the choice with the
     least activation peak (status "least"). Returns status "infeasible" (and the least-peak choice)
-    when no choice fits."""
+    when no choice fits. ``released``: see ``step_activation_peak``."""
     if not frontiers or any(not options for options in frontiers):
         raise ValueError("every region needs at least one option")
-    offsets, total, pick, rows = _program(frontiers, sequence)
-    constant = np.array([extra[k] if k < len(extra) else 0 for k in range(len(sequence))], dtype=float)
+    offsets, total, pick, rows = _program(frontiers, sequence, released)
+    constant = np.array([_at(extra, k // 2) for k in range(2 * len(sequence))], dtype=float)
     runs = _runs(sequence, len(frontiers))
     time = np.zeros(total)
     for r, options in enumerate(frontiers):
@@ -159,7 +188,7 @@ def allocate(
         result = milp(objective, constraints=constraints, integrality=np.ones(total), bounds=Bounds(0, 1))
         if result.x is not None:
             choice = _decode(result.x, offsets, frontiers)
-            peak = step_activation_peak(frontiers, sequence, choice, extra)
+            peak = step_activation_peak(frontiers, sequence, choice, extra, released)
             if peak <= cap_bytes:  # HiGHS' feasibility tolerance aside
                 status = "optimal" if result.status == 0 else "feasible"
                 return Allocation(choice, peak, _step_time(frontiers, runs, choice), status)
@@ -179,14 +208,17 @@ def allocate(
     status = "least" if cap_bytes is None else "infeasible"
     return Allocation(
         choice,
-        step_activation_peak(frontiers, sequence, choice, extra),
+        step_activation_peak(frontiers, sequence, choice, extra, released),
         _step_time(frontiers, runs, choice),
         status,
     )
 
 
 def fastest(
-    frontiers: Sequence[Sequence[StepOption]], sequence: Sequence[int], extra: Sequence[int] = ()
+    frontiers: Sequence[Sequence[StepOption]],
+    sequence: Sequence[int],
+    extra: Sequence[int] = (),
+    released: Sequence[int] = (),
 ) -> Allocation:
     """Every region's fastest option (ties: the lower peak): the runtime-optimal step."""
     choice = tuple(
@@ -194,7 +226,7 @@ def fastest(
         for options in frontiers
     )
     runs = _runs(sequence, len(frontiers))
-    peak = step_activation_peak(frontiers, sequence, choice, extra)
+    peak = step_activation_peak(frontiers, sequence, choice, extra, released)
     return Allocation(choice, peak, _step_time(frontiers, runs, choice), "fastest")
 
 
