@@ -87,11 +87,12 @@ class StepPlan:
         )
         return (
             f"autoremat step plan [{self.status}] step_budget={self.budget} ({self.cap_bytes} bytes): "
-            f"predicted step peak {self.predicted_peak_bytes} bytes = {self.static.describe()}, "
-            f"activations {self.activation_peak_bytes} (of which outside the compiled graphs "
-            f"{self.outside_bytes}) (least step peak {self.least_peak_bytes}, runtime-optimal "
-            f"{self.runtime_optimal_peak_bytes}); recompute +{self.predicted_recompute_s * 1e3:.3f} ms per "
-            f"step; {parts}"
+            f"predicted step peak {self.predicted_peak_bytes} bytes; the step holds "
+            f"{self.static.describe()}; activations and the gradients made by then "
+            f"{self.activation_peak_bytes} at their peak (up to {self.outside_bytes} of them outside "
+            f"the compiled graphs); least step peak {self.least_peak_bytes}, runtime-optimal "
+            f"{self.runtime_optimal_peak_bytes}; recompute +{self.predicted_recompute_s * 1e3:.3f} ms "
+            f"per step; {parts}"
         )
 
 
@@ -321,7 +322,7 @@ class StepPlanner:
         local = {r: i for i, r in enumerate(regions)}
         frontiers = [self.regions[r].frontier or self._fallback_frontier(r, notes) for r in regions]
         sequence = [local[r] for r in self.sequence]
-        extra, attributed = self._outside_and_gradients(static)
+        extra, attributed, outside = self._outside_and_gradients(static)
         released = self._released()
         held, held_forward, scratch = self._agreed(static, attributed)
         cap = self._cap(held, held_forward, scratch, frontiers, sequence, extra, released)
@@ -340,7 +341,7 @@ class StepPlanner:
             runtime_optimal_peak_bytes=max(held_forward + high.activation_peak_bytes, held + scratch),
             static=dataclasses.replace(static, optimizer_scratch=scratch),
             activation_peak_bytes=allocation.activation_peak_bytes,
-            outside_bytes=max(extra, default=0),
+            outside_bytes=outside,
             predicted_recompute_s=allocation.time_s,
             notes=notes,
         )
@@ -392,11 +393,12 @@ class StepPlanner:
             later |= self.inputs[k]
         return released
 
-    def _outside_and_gradients(self, static: StaticMemory) -> tuple[list[int], int]:
+    def _outside_and_gradients(self, static: StaticMemory) -> tuple[list[int], int, int]:
         """(per call of the observed forward: the bytes no plan changes while its backward runs, the
-        gradients attributed to the graphs' calls): inputs from eager code (live from that call
-        on), FSDP2's unsharded parameters of the call (parameters the optimizer does not hold), and
-        the gradients of the calls after it, which their backward, run before this one, made."""
+        gradients attributed to the graphs' calls, the most held outside the compiled graphs at any
+        call): inputs from eager code (live from that call on), FSDP2's unsharded parameters of the
+        call (parameters the optimizer does not hold), and the gradients of the calls after it,
+        which their backward, run before this one, made."""
         held_keys = self._optimizer_storages()
         seen: set[tuple[str, int]] = set()
         own_grads = []
@@ -404,14 +406,15 @@ class StepPlanner:
             fresh = [k for k in params if k not in seen]
             seen.update(fresh)
             own_grads.append(sum(self.grads.get(k, 0) for k in fresh))
-        extra, running = [], 0
+        extra, outside, running = [], 0, 0
         for k, params in enumerate(self.param_storages):
             running += self.external[k]
             in_flight = (
                 sum(n for key, n in params.items() if key not in held_keys) if static.parameters else 0
             )
             extra.append(running + in_flight + sum(own_grads[k + 1 :]))
-        return extra, sum(own_grads)
+            outside = max(outside, running + in_flight)
+        return extra, sum(own_grads), outside
 
     def _optimizer_storages(self) -> set[tuple[str, int]]:
         keys: set[tuple[str, int]] = set()
@@ -482,8 +485,9 @@ class StepPlanner:
     def _infeasible(self, plan: StepPlan, least: Allocation) -> None:
         message = (
             f"step_budget={plan.budget} ({plan.cap_bytes} bytes) is below the least step peak the plans "
-            f"allow: {plan.least_peak_bytes} bytes predicted = {plan.static.describe()}, activations "
-            f"{least.activation_peak_bytes} (of which outside the compiled graphs {plan.outside_bytes})"
+            f"allow: {plan.least_peak_bytes} bytes predicted, of {plan.static.describe()}, and "
+            f"activations and the gradients made by then {least.activation_peak_bytes} at their least "
+            f"peak (up to {plan.outside_bytes} of them outside the compiled graphs)"
         )
         if self.options.strict:
             raise StepBudgetInfeasible(
