@@ -216,3 +216,24 @@ def test_a_training_loop_without_an_optimizer_is_planned_after_waiting_and_says_
     (plan,) = autoremat.step_plans()[before:]
     assert plan.status == "within-budget" and plan.static.optimizer_state == 0
     assert any("no optimizer step was seen" in note for note in plan.notes)
+
+
+def test_auto_is_what_the_device_can_give_the_step(monkeypatch):
+    """"auto" = the device's available memory (as ``memory_budget="auto"`` reads it) plus what the
+    step holds of it already: here parameters and AdamW's state."""
+    import autoremat.step as step_module
+
+    monkeypatch.setattr(step_module, "available_bytes", lambda device: 10**9)
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(32, 64), torch.nn.ReLU(), torch.nn.Linear(64, 1))
+    compiled = torch.compile(model, backend=autoremat.backend(step_budget="auto", compiler="eager"))
+    optimizer = torch.optim.AdamW(model.parameters())
+    before = len(autoremat.step_plans())
+    for _ in range(2):
+        compiled(torch.randn(8, 32)).sum().backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    (plan,) = autoremat.step_plans()[before:]
+    params = sum(p.numel() * 4 for p in model.parameters())
+    assert plan.cap_bytes == 10**9 + params + plan.static.optimizer_state
+    assert plan.status == "within-budget" and plan.static.parameters == params
