@@ -219,7 +219,7 @@ def test_a_training_loop_without_an_optimizer_is_planned_after_waiting_and_says_
 
 
 def test_auto_is_what_the_device_can_give_the_step(monkeypatch):
-    """"auto" = the device's available memory (as ``memory_budget="auto"`` reads it) plus what the
+    """ "auto" = the device's available memory (as ``memory_budget="auto"`` reads it) plus what the
     step holds of it already: here parameters and AdamW's state."""
     import autoremat.step as step_module
 
@@ -237,3 +237,16 @@ def test_auto_is_what_the_device_can_give_the_step(monkeypatch):
     params = sum(p.numel() * 4 for p in model.parameters())
     assert plan.cap_bytes == 10**9 + params + plan.static.optimizer_state
     assert plan.status == "within-budget" and plan.static.parameters == params
+
+
+@settings(max_examples=100, deadline=None)
+@given(options_st, st.integers(0, 40))
+def test_the_frontier_loses_no_allocation(options, released):
+    """Filtering a graph's options to its frontier never makes a step's best choice worse."""
+    kept = frontier(options)
+    for cap in (None, 60, 120):
+        full = allocate([options], [0, 0], cap, [0, 5], [released, 0])
+        reduced = allocate([kept], [0, 0], cap, [0, 5], [released, 0])
+        assert reduced.status == full.status
+        assert reduced.activation_peak_bytes == full.activation_peak_bytes or cap is not None
+        assert reduced.time_s == pytest.approx(full.time_s, abs=1e-9) or cap is None

@@ -67,20 +67,28 @@ class StepOption:
         return self.backward - min(released, self.releasable_bytes)
 
 
+def _costs(option: StepOption) -> tuple[float, ...]:
+    """What a step pays for ``option``, each the lower the better: its backward's peak after any
+    release lies between ``backward - releasable`` and ``backward``."""
+    return (
+        option.end_bytes,
+        option.forward,
+        option.backward,
+        option.backward - option.releasable_bytes,
+        option.time_s,
+    )
+
+
 def frontier(options: Iterable[StepOption]) -> list[StepOption]:
-    """The options no other option beats on all of end bytes, peak and time (ties: the first)."""
-    unique: dict[tuple[int, int, float], StepOption] = {}
+    """The options no other option beats on every cost a step pays (``_costs``; ties: the first)."""
+    unique: dict[tuple[float, ...], StepOption] = {}
     for option in options:
-        unique.setdefault((option.end_bytes, option.peak_bytes, option.time_s), option)
+        unique.setdefault(_costs(option), option)
     ordered = sorted(unique.values(), key=lambda o: (o.time_s, o.peak_bytes, o.end_bytes))
     kept: list[StepOption] = []
     for option in ordered:
-        if not any(
-            k.end_bytes <= option.end_bytes
-            and k.peak_bytes <= option.peak_bytes
-            and k.time_s <= option.time_s
-            for k in kept
-        ):
+        costs = _costs(option)
+        if not any(all(a <= b for a, b in zip(_costs(k), costs, strict=True)) for k in kept):
             kept.append(option)
     return kept
 
