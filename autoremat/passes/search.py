@@ -263,11 +263,13 @@ class _Checked:
             known is not None,
             forward,
             backward,
-            self._releasable(candidate),
+            self._releasable(candidate) if self.check is None else 0,
         )
 
     def _releasable(self, candidate: Candidate) -> int:
-        """Bytes of the forward's outputs that ``candidate`` does not save (storages once)."""
+        """Bytes of the forward's outputs that ``candidate`` does not save (storages once). Only on
+        the codegen-free path: under Inductor a block's output stayed live through its backward
+        (with it released, per-block step peaks measured 1.2-1.9% above their prediction)."""
         facts = self.ctx.analysis.facts
         saved = {facts[n].storage_base for n in candidate.cut.saved if n in facts}
         bases = {facts[n].storage_base for n in self.ctx.analysis.fwd_outputs if n in facts}
