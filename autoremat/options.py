@@ -99,8 +99,8 @@ class RematOptions:
     #: the least and the runtime-optimal step peak; None = budgets per compiled graph
     step_budget: MemoryBudget | None = None
     inductor_options: tuple[tuple[str, Any], ...] = ()
-    #: internal: the names of the joint graph's nodes to save, decided for the whole step by
-    #: ``step.py``; the partitioner then skips its search
+    #: internal: the stable keys (``graph.analysis.stable_node_keys``) of the joint graph's nodes to
+    #: save, decided for the whole step by ``step.py``; the partitioner then skips its search
     forced_saved: tuple[str, ...] | None = None
 
     def budget_label(self) -> str:
