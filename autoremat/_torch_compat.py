@@ -719,3 +719,8 @@ def current_tracing_context() -> Any:
 def tracing(context: Any) -> Any:
     """Re-enter a TracingContext saved by ``current_tracing_context``."""
     return torch._guards.tracing(context)
+
+
+#: a graph break where a model wants one (the step-budget benchmark's model compiled whole in two
+#: graphs); the same function object, so Dynamo treats the call as its own
+graph_break = torch._dynamo.graph_break

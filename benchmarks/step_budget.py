@@ -23,6 +23,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from autoremat import _torch_compat as compat
 from benchmarks.models import LlamaBlock, RMSNorm
 
 SETUPS = ("per-block", "graph-break")
@@ -63,7 +64,7 @@ class StepLlama(nn.Module):
         split = len(self.blocks) if self.graph_break_after is None else self.graph_break_after + 1
         x = self._blocks(self.emb(idx), 0, split)
         if self.graph_break_after is not None:
-            torch._dynamo.graph_break()  # outside the loops: Dynamo resumes after it in one frame
+            compat.graph_break()  # outside the loops: Dynamo resumes after it in one frame
         return self.head(self._blocks(x, split, len(self.blocks)), targets)
 
     def _blocks(self, x: torch.Tensor, start: int, stop: int) -> torch.Tensor:

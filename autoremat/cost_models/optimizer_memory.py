@@ -46,9 +46,11 @@ class StaticMemory:
 
 
 def local_tensor(t: torch.Tensor) -> torch.Tensor:
-    """The part of ``t`` this rank holds: a DTensor's local shard, else ``t``."""
-    local = getattr(t, "_local_tensor", None)
-    return local if isinstance(local, torch.Tensor) else t
+    """The part of ``t`` this rank holds: a DTensor's local shard (``to_local``), else ``t``."""
+    if callable(getattr(t, "to_local", None)):
+        with torch.no_grad():
+            return t.to_local()
+    return t
 
 
 def _storage_bytes(tensors: Iterable[torch.Tensor], seen: set[tuple[str, int]]) -> int:
