@@ -21,8 +21,9 @@ from autoremat import _torch_compat as compat
 from autoremat.passes.registry import DEFAULT_SOLVER, solver_names
 
 COMPILERS = ("inductor", "eager")
-#: default seconds the budget solver may spend on one graph (the MILP's time limit, all solves together)
-DEFAULT_SOLVER_TIME_LIMIT = 10.0
+#: seconds after which the budget solver stops on one graph: a safety net (solvers bound their work by
+#: counts, not the clock); a search that hits it says so, and its plan may differ between runs
+DEFAULT_SOLVER_TIME_LIMIT = 60.0
 ENV_PREFIX = "AUTOREMAT_"
 
 _UNITS = {

@@ -152,6 +152,25 @@ def test_plans_are_reproducible_and_several_ranks_ignore_the_clock(monkeypatch):
     assert first.predicted_peak_bytes <= first.target_bytes
 
 
+def test_one_rank_gives_no_solve_a_clock_slice(monkeypatch):
+    """On one rank too, a MILP solve is stopped by its node limit, not by a share of the time limit
+    (a share made the plan depend on the machine's speed: a 12-layer GPT's solves ran out of it)."""
+    calls = []
+    real = milp_solver_module.solve_budget
+
+    def spy(*args, **kwargs):
+        calls.append(kwargs)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(partitioner_module, "world_size", lambda: 1)
+    monkeypatch.setattr(milp_solver_module, "solve_budget", spy)
+    plan = _plan(0.3, solver_time_limit=100.0)
+    assert calls and all(c["node_limit"] == milp_solver_module.MILP_NODE_LIMIT for c in calls)
+    # each solve may use what is left of the safety net (most of it: the search takes seconds)
+    assert all(c["time_limit"] > 50.0 for c in calls)
+    assert not any("time limit" in n for n in plan.notes)
+
+
 def test_a_new_solver_is_one_class_plus_a_registry_line(monkeypatch):
     """The registry is the only list of solvers: option validation and the search both read it."""
     import autoremat.passes.registry as registry

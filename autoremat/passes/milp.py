@@ -20,7 +20,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -66,6 +66,8 @@ class MilpResult:
     #: costs): the linearisation, which tests check against the evaluator's ``time_s``/``peak_bytes``
     program_time_s: float | None = None
     program_peak_bytes: float | None = None
+    #: "tied" or "mixed" when the saves were restricted (``block_milp.py``), else None
+    restricted: str | None = None
 
 
 class _Program:
@@ -199,14 +201,23 @@ def solve_budget(
     time_limit: float = 5.0,
     exclude: Iterable[frozenset[int]] = (),
     node_limit: int | None = None,
+    tied: Iterable[Sequence[int]] = (),
+    choices: Iterable[Choice] = (),
 ) -> MilpResult:
     """Minimum recompute time with model peak <= ``cap_bytes`` (``minimise="time"``), or the least
     model peak (``minimise="peak"``, cap optional). ``exclude`` lists saved sets the answer must differ
     from (no-good cuts: plans a finer check rejected). ``node_limit`` bounds branch-and-bound by work
-    rather than time: the answer is then the same on every machine (used under torch.distributed)."""
+    rather than time: the answer is then the same on every machine.
+
+    ``tied`` and ``choices`` restrict the save decisions (repeated blocks, ``block_milp.py``): each
+    tied group of candidates is saved all or none; each choice's members are saved in one of its
+    patterns. The memory rows stay those of the whole problem, so a restricted answer is exact for
+    the model, and feasible for the unrestricted problem; it is optimal only within the restriction."""
     if minimise not in ("time", "peak"):
         raise ValueError(f"minimise={minimise!r} is invalid: expected 'time' or 'peak'")
     start = time.perf_counter()
+    tied, choices = list(tied), list(choices)
+    restricted = "mixed" if choices else "tied" if tied else None
     p = problem
     prog = _Program()
     time_w, peak_w = (1.0, _TIE_WEIGHT) if minimise == "time" else (_TIE_WEIGHT, 1.0)
@@ -223,6 +234,7 @@ def solve_budget(
     # memory is expressed in units of peak_unit so every coefficient is O(1) for HiGHS' tolerances
     peak = prog.var(0, math.inf if cap_bytes is None else cap_bytes / peak_unit, cost=peak_w)
 
+    _restrict(prog, p, save, tied, choices)
     for v in p.needed:
         prog.row({save[v]: 1, recompute[v]: 1}, 1, math.inf)
     for v in range(p.n):
@@ -239,11 +251,14 @@ def solve_budget(
         terms = {save[v]: (-1.0 if v in saved_set else 1.0) for v in range(p.n) if p.can_save[v]}
         prog.row(terms, 1.0 - len(saved_set), math.inf)
 
+    binaries = sum(prog.integer)
     res = prog.solve(time_limit, node_limit)
     elapsed = time.perf_counter() - start
     status = _STATUS.get(res.status, "failed")
     if res.x is None:
-        return MilpResult(status, None, None, None, None, elapsed, p.n, len(prog.row_lo))
+        return MilpResult(
+            status, None, None, None, None, elapsed, binaries, len(prog.row_lo), restricted=restricted
+        )
     saved = frozenset(v for v in range(p.n) if res.x[save[v]] > _BINARY_THRESHOLD)
     model_peak, _ = p.peak_bytes(saved)
     gap = getattr(res, "mip_gap", None)
@@ -256,11 +271,47 @@ def solve_budget(
         model_peak,
         gap,
         elapsed,
-        p.n,
+        binaries,
         len(prog.row_lo),
         program_time_s=float(program_time),
         program_peak_bytes=float(res.x[peak] * peak_unit),
+        restricted=restricted,
     )
+
+
+@dataclass(frozen=True)
+class Choice:
+    """The saves of ``members`` follow exactly one of ``patterns`` (each a set of positions in
+    ``members`` that are saved)."""
+
+    members: tuple[int, ...]
+    patterns: tuple[frozenset[int], ...]
+
+
+def _restrict(
+    prog: _Program,
+    p: BudgetProblem,
+    save: list[int],
+    tied: Iterable[Sequence[int]],
+    choices: Iterable[Choice],
+) -> None:
+    for group in tied:
+        first, *rest = group
+        for v in rest:
+            prog.row({save[v]: 1.0, save[first]: -1.0}, 0, 0)
+    for choice in choices:
+        allowed = [
+            pattern for pattern in choice.patterns if all(p.can_save[choice.members[j]] for j in pattern)
+        ]
+        picks = [prog.var(0, 1, integer=True) for _ in allowed]
+        prog.row(dict.fromkeys(picks, 1.0), 1, 1)
+        for j, v in enumerate(choice.members):
+            prog.integer[save[v]] = 0  # follows the pick
+            terms = {save[v]: 1.0}
+            for pick, pattern in zip(picks, allowed, strict=True):
+                if j in pattern:
+                    terms[pick] = -1.0
+            prog.row(terms, 0, 0)
 
 
 def _backward_rows(

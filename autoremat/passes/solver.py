@@ -39,18 +39,17 @@ from autoremat.graph.analysis import JointGraphAnalysis
 from autoremat.passes.mincut import CutResult, RecomputeRules
 from autoremat.passes.pool import Candidate, Pool
 
-#: share of the time limit one MILP-like solve may use, and the least time worth giving one
-SOLVE_SHARE = 0.25
-MIN_SOLVE_SECONDS = 0.2
 #: with several ranks the clock is ignored; this only stops a pathological solve
 DETERMINISTIC_SAFETY_SECONDS = 60.0
 
 
 class Deadline:
     """The search's time budget, a safety net only: solvers bound their own work (the MILP by a
-    branch-and-bound node limit) so that in practice plans do not depend on machine speed. With
-    ``ignore_clock`` (several ranks planning the same graph) the clock is not consulted at all, so
-    ranks agree even when one of them is slow."""
+    branch-and-bound node limit, greedy by a count of cuts), so plans do not depend on the machine's
+    speed, and one solve may use all the time that is left (no per-solve slices: a slice is a
+    clock-dependent stop). A search that hits the limit says so in its plan. With ``ignore_clock``
+    (several ranks planning the same graph) the clock is not consulted at all, so ranks agree even
+    when one of them is slow."""
 
     def __init__(self, seconds: float, ignore_clock: bool = False) -> None:
         self.total = seconds
@@ -72,11 +71,10 @@ class Deadline:
         return max(self.end - time.perf_counter(), 0.0)
 
     def slice(self) -> float:
-        """Time for one solve: a share of the total, so one hard solve cannot starve the rest (a solve
-        stopped by its limit still returns its best plan and gap)."""
+        """Time one solve may take before the safety net stops it."""
         if self.ignore_clock:
             return DETERMINISTIC_SAFETY_SECONDS
-        return min(self.left(), max(self.total * SOLVE_SHARE, MIN_SOLVE_SECONDS))
+        return self.left()
 
 
 @dataclass(frozen=True)
