@@ -193,3 +193,47 @@ def test_a_new_solver_is_one_class_plus_a_registry_line(monkeypatch):
     plan = _plan(0.0, solver="least-bytes")
     assert explored, "the registered solver was never asked"
     assert plan.predicted_peak_bytes <= plan.target_bytes
+
+
+def test_budget_one_is_never_a_plan_another_beats_on_peak_and_time(monkeypatch):
+    """The budget-1.0 plan is the min-cut's unless the solver's ``fastest`` finds one with no more
+    peak and less predicted time (the min-cut minimises its own weights, not that time). A stand-in
+    solver offers a greedy plan below the min-cut's peak with its time zeroed, a plan that beats the
+    min-cut's on both counts, which budget 1.0 must then take; and, when the least-bytes cut peaks
+    above the min-cut's, that one with a time below zero, which it must not take."""
+    import dataclasses
+
+    import autoremat.passes.registry as registry
+    from autoremat.passes.cut import least_memory_rules
+    from autoremat.passes.greedy import greedy_sweep
+    from autoremat.passes.mincut import solve_min_cut
+
+    offered = []
+
+    class Dominator:
+        name = "dominator"
+
+        def explore(self, ctx):
+            return None
+
+        def propose(self, ctx, cap_bytes):
+            return None
+
+        def fastest(self, ctx, cap_bytes):
+            cuts = greedy_sweep(ctx.analysis, base=ctx.base, cost_s=ctx.costs.standalone_s, points=4)
+            pooled = [ctx.pool.add(cut, self.name) for cut in cuts]
+            lower = min(pooled, key=lambda c: c.peak)
+            ctx.pool.plans[lower.cut.saved] = dataclasses.replace(lower, time_s=0.0)
+            # and one that would be faster still but peaks above the min-cut's plan: not for 1.0
+            above = ctx.pool.add(solve_min_cut(ctx.analysis, least_memory_rules(ctx.base)), self.name)
+            if above.peak > cap_bytes:
+                ctx.pool.plans[above.cut.saved] = dataclasses.replace(above, time_s=-1.0)
+            offered.append((lower.peak, cap_bytes))
+
+    monkeypatch.setitem(registry.SOLVERS, "dominator", Dominator)
+    baseline = _plan(1.0)
+    assert baseline.solver == "min-cut"
+    plan = _plan(1.0, solver="dominator")
+    ((peak, cap),) = offered
+    assert cap == baseline.predicted_peak_bytes and peak <= cap, "the test needs a lower-peak plan"
+    assert plan.solver == "dominator" and plan.predicted_peak_bytes == peak

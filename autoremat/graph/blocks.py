@@ -70,7 +70,7 @@ def _digest(*parts: object) -> str:
     return hashlib.blake2b(repr(parts).encode(), digest_size=12).hexdigest()
 
 
-def _colours(analysis: JointGraphAnalysis) -> dict[fx.Node, str]:
+def _colours(analysis: JointGraphAnalysis, rounds: int = WL_ROUNDS) -> dict[fx.Node, str]:
     colour: dict[fx.Node, str] = {}
     for node in analysis.graph.nodes:
         side = "tangent" if node in analysis.tangent_closure else "value"
@@ -79,7 +79,7 @@ def _colours(analysis: JointGraphAnalysis) -> dict[fx.Node, str]:
             colour[node] = _digest("placeholder", kind, _meta_key(node))
         else:
             colour[node] = _digest(node.op, str(node.target), side, _meta_key(node))
-    for _ in range(WL_ROUNDS):
+    for _ in range(rounds):
         refined = {}
         for node in analysis.graph.nodes:
             if node.op == "placeholder":
@@ -104,37 +104,98 @@ def find_repeated_blocks(analysis: JointGraphAnalysis) -> RepeatedBlocks | None:
     )
     colours = _colours(analysis)
     colour = {n: (colours[n], analysis.order[n] >= backward_from) for n in nodes}
+    base = _colours(analysis, rounds=0)
     count = Counter(colour.values())
     exact = Counter(count[colour[n]] for n in nodes if count[colour[n]] >= MIN_COPIES)
     if not exact:
         return None
     copies = max(exact, key=lambda c: (exact[c], c))
     spans = _spans(nodes, colour, count, copies, analysis.order)
-    bounds = sorted((lo, hi, block) for (block, _), (lo, hi) in spans.items())
+    best: list[tuple[fx.Node, ...]] = []
+    for gap_to_next in (True, False):
+        bounds = _widened(spans, gap_to_next)
+        found = _slots(nodes, base, copies, bounds, analysis.order)
+        if len(found) > len(best):
+            best = found
+    if len(best) < MIN_SLOTS:
+        return None
+    return RepeatedBlocks(copies, tuple(best))
+
+
+def _widened(spans: dict[tuple[int, bool], list[int]], gap_to_next: bool) -> list[tuple[int, int, int]]:
+    """(first, last, block) per block side, sorted, covering the nodes between the anchors too: the
+    nodes between two blocks' anchors (a layer norm before the first anchor of the next block, a
+    residual add after the last of this one) go to the next block or to this one; the first block
+    (or the last) reaches as far before (after) its anchors as the shortest such gap."""
+    bounds: list[tuple[int, int, int]] = []
+    for backward in (False, True):
+        side = sorted((lo, hi, block) for (block, b), (lo, hi) in spans.items() if b == backward)
+        if not side:
+            continue
+        gaps = [nxt[0] - cur[1] - 1 for cur, nxt in itertools.pairwise(side)]
+        reach = max(min(gaps, default=0), 0)
+        for i, (lo, hi, block) in enumerate(side):
+            if gap_to_next:
+                lo = side[i - 1][1] + 1 if i else lo - reach
+            else:
+                hi = side[i + 1][0] - 1 if i + 1 < len(side) else hi + reach
+            bounds.append((lo, hi, block))
+    return sorted(bounds)
+
+
+def _local_colours(
+    nodes: list[fx.Node], base: dict[fx.Node, str], block_of: dict[fx.Node, int]
+) -> dict[fx.Node, str]:
+    """Colours refined by inputs within the node's own block only: an input from elsewhere (the
+    embedding for the first block, the previous block for the others) is just "outside", so the
+    nodes near a block's edge get the same colour in every copy."""
+    colour = dict(base)
+    for _ in range(WL_ROUNDS):
+        refined = dict(colour)
+        for node in nodes:
+            block = block_of.get(node)
+            reads = tuple(
+                colour[a] if block is not None and block_of.get(a) == block else "outside"
+                for a in node.all_input_nodes
+            )
+            refined[node] = _digest(colour[node], reads)
+        colour = refined
+    return colour
+
+
+def _slots(
+    nodes: list[fx.Node],
+    base: dict[fx.Node, str],
+    copies: int,
+    bounds: list[tuple[int, int, int]],
+    order: dict[fx.Node, int],
+) -> list[tuple[fx.Node, ...]]:
+    """The consistent slots when each block side covers ``bounds``, in graph order."""
+    starts = [lo for lo, _, _ in bounds]
+    block_of: dict[fx.Node, int] = {}
+    for node in nodes:
+        at = order[node]
+        i = bisect.bisect_right(starts, at) - 1
+        # neighbouring spans may overlap a little (a weight's gradient finished after the next
+        # block's backward began): a node inside two spans belongs to neither
+        inside = [j for j in (i - 1, i) if j >= 0 and bounds[j][0] <= at <= bounds[j][1]]
+        if len(inside) == 1:
+            block_of[node] = bounds[inside[0]][2]
+    local = _local_colours(nodes, base, block_of)
     place: dict[fx.Node, tuple[int, tuple[object, int]]] = {}
     slots: dict[tuple[object, int], list[fx.Node | None]] = {}
     ranks: dict[tuple[int, object], int] = defaultdict(int)
-    starts = [lo for lo, _, _ in bounds]
     for node in nodes:
-        order = analysis.order[node]
-        i = bisect.bisect_right(starts, order) - 1
-        # neighbouring spans may overlap a little (a weight's gradient finished after the next
-        # block's backward began): a node inside two spans belongs to neither
-        inside = [j for j in (i - 1, i) if j >= 0 and bounds[j][0] <= order <= bounds[j][1]]
-        if len(inside) != 1:
+        if node not in block_of:
             continue
-        i = inside[0]
-        block = bounds[i][2]
-        slot = (colour[node], ranks[(block, colour[node])])
-        ranks[(block, colour[node])] += 1
-        row = slots.setdefault(slot, [None] * copies)
-        row[block] = node
+        block, key = block_of[node], local[node]
+        slot = (key, ranks[(block, key)])
+        ranks[(block, key)] += 1
+        slots.setdefault(slot, [None] * copies)[block] = node
         place[node] = (block, slot)
-    consistent = [s for s, row in slots.items() if _same_inputs(row, place)]
-    if len(consistent) < MIN_SLOTS:
-        return None
-    consistent.sort(key=lambda s: analysis.order[slots[s][0]])  # type: ignore[index]
-    return RepeatedBlocks(copies, tuple(tuple(slots[s]) for s in consistent))  # type: ignore[misc]
+    consistent = [row for row in slots.values() if _same_inputs(row, place)]
+    consistent.sort(key=lambda row: order[row[0]])  # type: ignore[index]
+    return [tuple(row) for row in consistent]  # type: ignore[misc]
 
 
 def _spans(

@@ -19,6 +19,7 @@ when its gap is proven for the unrestricted problem, which a restricted solve do
 
 from __future__ import annotations
 
+import itertools
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -50,7 +51,24 @@ class BlockRestriction:
     @property
     def tied(self) -> list[tuple[int, ...]]:
         """One group per place: its candidates in every block."""
-        return [tuple(block[j] for block in self.members) for j in range(len(self.members[0]))]
+        return self.chunked(1)
+
+    def chunked(self, chunks: int) -> list[tuple[int, ...]]:
+        """One group per place and run of consecutive blocks: the blocks split into ``chunks`` runs
+        before the last block, which is a run of its own (its backward runs first, while every
+        other block's saved bytes are live, so its plan is the one most worth setting apart)."""
+        copies = len(self.members)
+        if chunks <= 1 or copies <= 2:
+            runs = [list(range(copies))]
+        else:
+            cuts = sorted({round(i * (copies - 1) / chunks) for i in range(chunks + 1)})
+            runs = [list(range(a, b)) for a, b in itertools.pairwise(cuts)] + [[copies - 1]]
+        return [
+            tuple(self.members[k][j] for k in run)
+            for run in runs
+            if len(run) > 1
+            for j in range(len(self.members[0]))
+        ]
 
     def patterns(
         self, saved_sets: Iterable[Iterable[int]], first: Iterable[Iterable[int]] = ()

@@ -68,6 +68,9 @@ class MilpResult:
     program_peak_bytes: float | None = None
     #: "tied" or "mixed" when the saves were restricted (``block_milp.py``), else None
     restricted: str | None = None
+    #: a proven lower bound on the objective's own quantity (seconds of recompute, or bytes of peak)
+    #: over every plan the program allows: HiGHS' dual bound, less the tie-breaking term's share
+    bound: float | None = None
 
 
 class _Program:
@@ -264,6 +267,14 @@ def solve_budget(
     gap = getattr(res, "mip_gap", None)
     gap = float(gap) if gap is not None else (0.0 if status == "optimal" else None)
     program_time = sum(res.x[recompute[v]] * p.cost_s[v] for v in range(p.n))
+    dual = getattr(res, "mip_dual_bound", None)
+    bound = None
+    if dual is not None and math.isfinite(dual):
+        if minimise == "time":  # objective: time / time_unit + tie * peak / peak_unit, peak <= cap
+            tie = _TIE_WEIGHT * (cap_bytes / peak_unit if cap_bytes is not None else res.x[peak])
+            bound = max(dual - tie, 0.0) * time_unit / _TIME_SCALE
+        else:  # objective: tie * time / time_unit (at most tie) + peak / peak_unit
+            bound = max(dual - _TIE_WEIGHT, 0.0) * peak_unit
     return MilpResult(
         status,
         saved,
@@ -276,6 +287,7 @@ def solve_budget(
         program_time_s=float(program_time),
         program_peak_bytes=float(res.x[peak] * peak_unit),
         restricted=restricted,
+        bound=bound,
     )
 
 

@@ -12,6 +12,7 @@ recompute bursts), so:
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Iterable
 
@@ -21,7 +22,7 @@ from autoremat.graph.blocks import RepeatedBlocks, find_repeated_blocks
 from autoremat.passes.block_milp import BlockRestriction
 from autoremat.passes.budget_problem import BudgetProblem
 from autoremat.passes.cut import CutResult
-from autoremat.passes.milp import MilpResult, solve_budget
+from autoremat.passes.milp import MIP_REL_GAP, MilpResult, solve_budget
 from autoremat.passes.pool import Candidate, complete_saved
 from autoremat.passes.problem_builder import BuiltProblem, build_problem
 from autoremat.passes.solver import SearchContext
@@ -34,6 +35,16 @@ MAX_SOLVES_PER_REFERENCE = 3
 CAP_MARGIN = 0.005
 #: branch-and-bound nodes per MILP solve: bounds the work, so the answer does not depend on the clock
 MILP_NODE_LIMIT = 500
+#: branch-and-bound nodes the whole program gets on a big graph before the restricted programs take
+#: over: HiGHS often proves a 1% gap at its root there (29 layers: 1-3 s), and when it does not, its
+#: bound is what proves a restricted answer's gap
+FULL_ATTEMPT_NODES = 50
+#: runs of tied blocks in the restricted program (before the last block, which is a run of its own):
+#: on a 12-layer GPT, at budgets 0.1/0.3/0.6, within 0.7%/-0.2%/0.3% of the whole program's answer
+#: (it had 5-29 s and a 1% gap), where all blocks tied were 31%/14%/87% above it
+CHUNKS = 6
+#: branch-and-bound nodes of a restricted solve on a big graph
+RESTRICTED_NODE_LIMIT = 100
 #: candidates above which the whole-graph program is restricted by repeated blocks, when it has them
 #: (a 12-layer GPT's 1,029 candidates took HiGHS 8 s for the least peak and over 60 s for a cap)
 FULL_PROGRAM_MAX_CANDIDATES = 600
@@ -44,6 +55,14 @@ class MilpSolver:
 
     def __init__(self) -> None:
         self._blocks: RepeatedBlocks | None | bool = False  # False: not looked for yet
+        self._problems: dict[frozenset[fx.Node], BuiltProblem] = {}
+
+    def _built(self, ctx: SearchContext, reference: Iterable[fx.Node]) -> BuiltProblem:
+        """The problem linearised around ``reference``, built once per reference and search."""
+        key = frozenset(reference)
+        if key not in self._problems:
+            self._problems[key] = build_problem(ctx.analysis, ctx.costs, key)
+        return self._problems[key]
 
     def explore(self, ctx: SearchContext) -> None:
         """Least simulated peak over MILP solves, from the runtime-optimal and least-bytes cuts."""
@@ -52,7 +71,7 @@ class MilpSolver:
             for _ in range(MAX_SOLVES_PER_REFERENCE):
                 if ctx.deadline.left() <= 0:
                     return
-                built = build_problem(ctx.analysis, ctx.costs, reference)
+                built = self._built(ctx, reference)
                 results = self._solve_all(ctx, built, tie=True, minimise="peak")
                 if not results:
                     break
@@ -69,19 +88,33 @@ class MilpSolver:
                     break  # converged, or the model was exact or pessimistic here
                 reference = candidate.cut.saved
 
+    def fastest(self, ctx: SearchContext, cap_bytes: int) -> None:
+        """The least predicted recompute time within the min-cut plan's peak ``cap_bytes`` (the
+        lower peak among equally fast plans), linearised around that plan: what may beat it on
+        both counts at budget 1.0 (``search.py``)."""
+        built = self._built(ctx, ctx.high.saved)
+        for result in self._solve_all(ctx, built, bound=[], cap_bytes=cap_bytes):
+            self._pool(ctx, built, result)
+
     def propose(self, ctx: SearchContext, cap_bytes: int) -> None:
         """Linearise around the best plan known to fit (the model is closest to the truth near it),
         then around the runtime-optimal plan; per reference, lower the cap by the model's shortfall
         until the simulation accepts the proposal."""
         fitting = ctx.pool.fastest_within(cap_bytes) or ctx.least or ctx.pool.least()
         references: list[CutResult] = list({c.saved: c for c in (fitting.cut, ctx.high)}.values())
+        if self._restriction(ctx, self._built(ctx, ctx.high.saved)) is not None:
+            # a big graph, where each solve costs seconds: the target only, one reference
+            if ctx.grid:
+                return
+            references = [ctx.high]
         for start in references:
-            built = build_problem(ctx.analysis, ctx.costs, start.saved)
+            built = self._built(ctx, start.saved)
             cap = cap_bytes
+            bound: list[float | None] = []
             for _ in range(MAX_SOLVES_PER_REFERENCE):
                 if ctx.deadline.left() <= 0:
                     return
-                results = self._solve_all(ctx, built, cap_bytes=cap)
+                results = self._solve_all(ctx, built, bound=bound, cap_bytes=cap)
                 if not results:
                     log.debug("autoremat: MILP found no plan at cap=%d", cap)
                     break
@@ -100,31 +133,72 @@ class MilpSolver:
                     break
 
     def _pool(self, ctx: SearchContext, built: BuiltProblem, result: MilpResult) -> Candidate:
-        # a restricted solve proves nothing about the whole problem: no gap to claim
-        gap = result.gap if result.restricted is None else None
-        return ctx.pool.add(_cut(ctx, built, result), self.name, gap)
+        return ctx.pool.add(_cut(ctx, built, result), self.name, result.gap)
 
     def _solve_all(
-        self, ctx: SearchContext, built: BuiltProblem, *, tie: bool = False, **objective: object
+        self,
+        ctx: SearchContext,
+        built: BuiltProblem,
+        *,
+        tie: bool = False,
+        bound: list[float | None] | None = None,
+        **objective: object,
     ) -> list[MilpResult]:
-        """The whole program's answer, or, on a graph too big for it with repeated blocks, the
-        mixed restriction's, after the tied one's with ``tie`` (``block_milp.py``): only answers
-        with a plan. The mixed solve's patterns are those of the pool's plans, tied ones included."""
+        """The whole program's answer; on a graph too big for it that has repeated blocks
+        (``block_milp.py``), the whole program's after a short try (``FULL_ATTEMPT_NODES``) if it
+        proved its gap there, else the restricted programs' answers: tied blocks (``tie``, when
+        exploring), runs of tied blocks, and per-block patterns. Only answers with a plan, best
+        first. A restricted answer's gap is proven against the whole program's bound from its try
+        (None without one): that is the only proof a restricted solve has.
+
+        ``bound`` carries that bound between the solves for one target: a cap lowered after the
+        memory model's shortfall only raises the optimum, so the first cap's bound still holds, and
+        a later solve is the per-block patterns' alone (the pool holds the earlier answers)."""
         restriction = self._restriction(ctx, built)
         if restriction is None:
             result = self._solve(ctx, built.problem, **objective)
             return [result] if result.saved is not None else []
-        results = []
         if tie:
-            tied = self._solve(ctx, built.problem, tied=restriction.tied, **objective)
-            if tied.saved is not None:
-                self._pool(ctx, built, tied)
-                results.append(tied)
+            answers = [self._solve(ctx, built.problem, tied=restriction.tied, **objective)]
+            answers.append(self._mixed(ctx, built, restriction, answers, **objective))
+            return self._ranked(answers, None, objective)
+        if bound:  # a later cap for the same target: the patterns first
+            mixed = self._mixed(ctx, built, restriction, [], **objective)
+            if mixed.saved is not None:
+                return self._ranked([mixed], bound[0], objective)
+        whole = self._solve(ctx, built.problem, node_limit=FULL_ATTEMPT_NODES, **objective)
+        if bound is not None:  # the best bound yet: a lower cap's is at least as high
+            known = [b for b in (*bound, whole.bound) if b is not None]
+            bound[:] = [max(known) if known else None]
+        if whole.saved is not None and whole.gap is not None and whole.gap <= MIP_REL_GAP:
+            return [whole]
+        chunked = restriction.chunked(CHUNKS)
+        answers = [whole, self._solve(ctx, built.problem, RESTRICTED_NODE_LIMIT, tied=chunked, **objective)]
+        answers.append(self._mixed(ctx, built, restriction, answers, **objective))
+        return self._ranked(answers, bound[0] if bound is not None else whole.bound, objective)
+
+    def _mixed(
+        self,
+        ctx: SearchContext,
+        built: BuiltProblem,
+        restriction: BlockRestriction,
+        answers: list[MilpResult],
+        **objective: object,
+    ) -> MilpResult:
+        """The per-block patterns' answer: patterns of ``answers`` first, then of the pool's plans."""
         index = {n: i for i, n in enumerate(built.nodes)}
         pooled = [[index[n] for n in c.cut.saved if n in index] for c in ctx.pool.plans.values()]
-        patterns = restriction.patterns(pooled, first=[r.saved for r in results if r.saved])
-        mixed = self._solve(ctx, built.problem, choices=restriction.choices(patterns), **objective)
-        return [r for r in (mixed, *results) if r.saved is not None]
+        patterns = restriction.patterns(pooled, first=[r.saved for r in answers if r.saved is not None])
+        choices = restriction.choices(patterns)
+        return self._solve(ctx, built.problem, RESTRICTED_NODE_LIMIT, choices=choices, **objective)
+
+    @staticmethod
+    def _ranked(
+        answers: list[MilpResult], proof: float | None, objective: dict[str, object]
+    ) -> list[MilpResult]:
+        found = [_certified(r, proof, objective) for r in answers if r.saved is not None]
+        key = (lambda r: r.peak_bytes) if objective.get("minimise") == "peak" else (lambda r: r.time_s)
+        return sorted(found, key=key)
 
     def _restriction(self, ctx: SearchContext, built: BuiltProblem) -> BlockRestriction | None:
         if built.problem.n <= FULL_PROGRAM_MAX_CANDIDATES:
@@ -137,9 +211,17 @@ class MilpSolver:
         return BlockRestriction.of(self._blocks, built.nodes)
 
     @staticmethod
-    def _solve(ctx: SearchContext, problem: BudgetProblem, **objective: object) -> MilpResult:
-        result = solve_budget(
-            problem, time_limit=ctx.deadline.slice(), node_limit=MILP_NODE_LIMIT, **objective
+    def _solve(
+        ctx: SearchContext, problem: BudgetProblem, node_limit: int = MILP_NODE_LIMIT, **objective: object
+    ) -> MilpResult:
+        result = solve_budget(problem, time_limit=ctx.deadline.slice(), node_limit=node_limit, **objective)
+        log.debug(
+            "autoremat: MILP %s (%s, node limit %d): %s in %.2f s",
+            objective.get("minimise", "time"),
+            result.restricted or "whole",
+            node_limit,
+            result.status,
+            result.solve_seconds,
         )
         stats = ctx.stats
         stats["milp_solves"] = stats.get("milp_solves", 0) + 1
@@ -154,3 +236,15 @@ class MilpSolver:
 
 def _cut(ctx: SearchContext, built: BuiltProblem, result: MilpResult) -> CutResult:
     return complete_saved(ctx.analysis, (built.nodes[i] for i in result.saved or ()))
+
+
+def _certified(result: MilpResult, bound: float | None, objective: dict[str, object]) -> MilpResult:
+    """``result`` with the gap it has against ``bound``, a lower bound on the whole program's
+    objective (for a restricted answer: its own solver's gap says nothing about the whole program)."""
+    if result.restricted is None:
+        return result
+    value = result.peak_bytes if objective.get("minimise") == "peak" else result.time_s
+    gap = None
+    if bound is not None and value:
+        gap = max(value - bound, 0.0) / value
+    return dataclasses.replace(result, gap=gap)

@@ -105,6 +105,10 @@ class SearchContext:
     least: Candidate | None = None
     #: the joint graph, when the caller has it (a solver must work without it)
     joint: JointGraph | None = None
+    #: True while the search proposes for a grid fraction tighter than the target (plans a looser
+    #: budget keeps so it never picks a slower plan than a tighter one): a solver for which each
+    #: proposal is costly may skip these
+    grid: bool = False
 
 
 class Solver(Protocol):

@@ -25,6 +25,12 @@ log = logging.getLogger("autoremat")
 #: the knob values whose plans join the pool: where its lowest peaks were on the suite (quick and
 #: act); its 1.0 plan is the min-cut one (ours already), and its 0.0 plan peaked highest of all
 KNOB_VALUES = (0.25, 0.1)
+#: joint graphs above this size are not handed to torch's partitioner: each knob value costs a run of
+#: it (2.7 s on a 12-layer GPT's 2,124 nodes, 7 s on 4,980, on 2 cores: together more than the whole
+#: rest of our search there), and there the block-restricted MILP's and greedy's plans beat the
+#: knob's (12-layer GPT, budgets 0.1-0.75: the knob's plans were dominated in every pool). The suite's
+#: models (up to ~1,200 nodes: act gpt2 and llama) keep them.
+MAX_NODES = 1500
 
 
 class TorchKnobSolver:
@@ -32,6 +38,9 @@ class TorchKnobSolver:
 
     def explore(self, ctx: SearchContext) -> None:
         if ctx.joint is None:
+            return
+        if len(ctx.analysis.order) > MAX_NODES:
+            ctx.stats["torch_knob"] = f"skipped: over {MAX_NODES} nodes"
             return
         for value in KNOB_VALUES:
             if ctx.deadline.left() <= 0:
