@@ -213,16 +213,18 @@ def _draws_random_numbers(node: fx.Node) -> bool:
 
 #: classify's answers per node: the memory model asks for every node of every plan it simulates
 #: (hundreds of thousands of calls on a 5,000-node graph); weak, so graphs are not kept alive
-_CLASSES: weakref.WeakKeyDictionary[fx.Node, tuple[object, OpClass]] = weakref.WeakKeyDictionary()
+_CLASSES: weakref.WeakKeyDictionary[fx.Node, tuple[object, object, object, OpClass]] = (
+    weakref.WeakKeyDictionary()
+)
 
 
 def classify(node: fx.Node) -> OpClass:
-    """The OpClass of one node (cached per node and target)."""
+    """The OpClass of one node (cached while its target and arguments stay the same objects)."""
     known = _CLASSES.get(node)
-    if known is not None and known[0] is node.target:
-        return known[1]
+    if known is not None and all(a is b for a, b in zip(known[:3], (node.target, node.args, node.kwargs))):
+        return known[3]
     op_class = _classify(node)
-    _CLASSES[node] = (node.target, op_class)
+    _CLASSES[node] = (node.target, node.args, node.kwargs, op_class)
     return op_class
 
 

@@ -435,16 +435,20 @@ def _runtime_optimal(ctx: SearchContext, chosen: Solver) -> Candidate:
     the MILP's least recompute time within the min-cut plan's peak) finds a plan that beats it on
     both counts (no more peak, less predicted time). The min-cut minimises its own edge weights,
     not the predicted recompute time: on a 2-block model a 0.75 plan beat its plan on both peak and
-    time, and the budget's scale must not top out at a dominated plan. Plans with more peak but
-    less time are not taken: budget 1.0 keeps the min-cut's memory (torch's default partitioner
-    makes the same cut)."""
+    time, and the budget's scale must not top out at a dominated plan. Plans with more peak, or more
+    bytes saved at the end of the forward, are not taken, however fast: budget 1.0 keeps the
+    min-cut's memory (the cut torch's default partitioner makes)."""
     high = ctx.pool.add(ctx.high, BASELINE.name)
     fastest = getattr(chosen, "fastest", None)
     if fastest is None:
         return high
     before = set(ctx.pool.plans)
     _guard(ctx, chosen, "fastest", lambda c: fastest(c, high.peak))
-    found = [c for key, c in ctx.pool.plans.items() if key not in before and c.peak <= high.peak]
+    found = [
+        c
+        for key, c in ctx.pool.plans.items()
+        if key not in before and c.peak <= high.peak and c.end_bytes <= high.end_bytes
+    ]
     return min([high, *found], key=lambda c: (c.time_s, c.peak))
 
 
