@@ -221,7 +221,7 @@ _CLASSES: weakref.WeakKeyDictionary[fx.Node, tuple[object, object, object, OpCla
 def classify(node: fx.Node) -> OpClass:
     """The OpClass of one node (cached while its target and arguments stay the same objects)."""
     known = _CLASSES.get(node)
-    if known is not None and all(a is b for a, b in zip(known[:3], (node.target, node.args, node.kwargs))):
+    if known is not None and known[0] is node.target and known[1] is node.args and known[2] is node.kwargs:
         return known[3]
     op_class = _classify(node)
     _CLASSES[node] = (node.target, node.args, node.kwargs, op_class)
