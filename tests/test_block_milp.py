@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from autoremat.graph.blocks import find_repeated_blocks
 from autoremat.passes.block_milp import BlockRestriction
 from autoremat.passes.milp import MIP_REL_GAP, Choice, solve_budget
-from tests.test_budget_milp import enumerate_plans, problems, time_tolerance_s
+from tests.test_budget_milp import enumerate_plans, peak_tolerance_bytes, problems, time_tolerance_s
 
 
 @st.composite
@@ -165,3 +165,25 @@ def test_restricted_search_plans_a_gpt_that_trains_like_eager_and_does_not_depen
         assert plan.predicted_peak_bytes <= plan.target_bytes
         saved_sets.append(plan.digest())
     assert saved_sets[0] == saved_sets[1]
+
+
+@settings(deadline=None)
+@given(problems(), st.floats(0.0, 1.2), st.sampled_from(["time", "peak"]))
+def test_the_bound_that_certifies_restricted_answers_is_a_lower_bound(problem, cap_fraction, minimise):
+    """A restricted answer is called optimal only when it is within 1% of the whole program's bound
+    from a short branch-and-bound (``milp_solver._certified``): that bound, HiGHS' dual bound less the
+    tie-breaking term, must never exceed the true optimum (brute force), even after a single node."""
+    plans = list(enumerate_plans(problem))
+    assume(plans)
+    peaks = sorted(p for _, p, _ in plans)
+    cap = int(peaks[0] + cap_fraction * (peaks[-1] - peaks[0]))
+    if minimise == "time":
+        fitting = [t for t, p, _ in plans if p <= cap]
+        assume(fitting)
+        result = solve_budget(problem, cap_bytes=cap, node_limit=1, time_limit=10)
+        optimum, tolerance = min(fitting), time_tolerance_s(problem)
+    else:
+        result = solve_budget(problem, minimise="peak", node_limit=1, time_limit=10)
+        optimum, tolerance = peaks[0], peak_tolerance_bytes(problem)
+    assume(result.bound is not None)
+    assert result.bound <= optimum + tolerance
