@@ -134,7 +134,8 @@ def test_plan_records_solver_status_gap_and_problem_size():
     assert restored.solver_stats == stats and restored.predicted_peak_bytes == plan.predicted_peak_bytes
 
 
-def test_plans_are_reproducible_and_several_ranks_ignore_the_clock(monkeypatch):
+def _spy_on_solves(monkeypatch, ranks: int) -> list[dict]:
+    """The keyword arguments of every MILP solve, on ``ranks`` ranks."""
     calls = []
     real = milp_solver_module.solve_budget
 
@@ -142,8 +143,13 @@ def test_plans_are_reproducible_and_several_ranks_ignore_the_clock(monkeypatch):
         calls.append(kwargs)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(partitioner_module, "world_size", lambda: 2)
+    monkeypatch.setattr(partitioner_module, "world_size", lambda: ranks)
     monkeypatch.setattr(milp_solver_module, "solve_budget", spy)
+    return calls
+
+
+def test_plans_are_reproducible_and_several_ranks_ignore_the_clock(monkeypatch):
+    calls = _spy_on_solves(monkeypatch, ranks=2)
     first = _plan(0.3, solver_time_limit=0.001)  # the clock would stop a single-rank solve at once
     again = _plan(0.3, solver_time_limit=0.001)
     assert calls and all(c["node_limit"] == milp_solver_module.MILP_NODE_LIMIT for c in calls)
@@ -155,15 +161,7 @@ def test_plans_are_reproducible_and_several_ranks_ignore_the_clock(monkeypatch):
 def test_one_rank_gives_no_solve_a_clock_slice(monkeypatch):
     """On one rank too, a MILP solve is stopped by its node limit, not by a share of the time limit
     (a share made the plan depend on the machine's speed: a 12-layer GPT's solves ran out of it)."""
-    calls = []
-    real = milp_solver_module.solve_budget
-
-    def spy(*args, **kwargs):
-        calls.append(kwargs)
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(partitioner_module, "world_size", lambda: 1)
-    monkeypatch.setattr(milp_solver_module, "solve_budget", spy)
+    calls = _spy_on_solves(monkeypatch, ranks=1)
     plan = _plan(0.3, solver_time_limit=100.0)
     assert calls and all(c["node_limit"] == milp_solver_module.MILP_NODE_LIMIT for c in calls)
     # each solve may use what is left of the safety net (most of it: the search takes seconds)

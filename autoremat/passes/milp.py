@@ -271,7 +271,8 @@ def solve_budget(
     bound = None
     if dual is not None and math.isfinite(dual):
         if minimise == "time":  # objective: time / time_unit + tie * peak / peak_unit, peak <= cap
-            tie = _TIE_WEIGHT * (cap_bytes / peak_unit if cap_bytes is not None else res.x[peak])
+            ceiling = cap_bytes if cap_bytes is not None else _peak_ceiling(p)
+            tie = _TIE_WEIGHT * ceiling / peak_unit
             bound = max(dual - tie, 0.0) * time_unit / _TIME_SCALE
         else:  # objective: tie * time / time_unit (at most tie) + peak / peak_unit
             bound = max(dual - _TIE_WEIGHT, 0.0) * peak_unit
@@ -289,6 +290,13 @@ def solve_budget(
         restricted=restricted,
         bound=bound,
     )
+
+
+def _peak_ceiling(p: BudgetProblem) -> float:
+    """No plan's model peak exceeds this: the largest base with every storage kept and every
+    recomputation live at once (it bounds the tie-breaking term of an uncapped time objective)."""
+    extra = sum(p.save_extra_end) if p.save_extra_end else 0
+    return max([0, *p.bwd_base, *p.fwd_base]) + sum(p.group_bytes) + sum(p.recompute_bytes) + extra
 
 
 @dataclass(frozen=True)
