@@ -53,18 +53,12 @@ class RepeatedBlocks:
         return {node: (k, j) for j, slot in enumerate(self.slots) for k, node in enumerate(slot)}
 
 
-def _meta_key(node: fx.Node) -> str:
-    val = node.meta.get("val")
+def _value_key(val: object) -> str:
+    """Shape and dtype of a node's value (of each, for several outputs), else its type."""
     if isinstance(val, torch.Tensor):
         return f"{tuple(str(s) for s in val.shape)}:{val.dtype}"
     if isinstance(val, (tuple, list)):
         return "(" + ",".join(_value_key(v) for v in val) + ")"
-    return type(val).__name__
-
-
-def _value_key(val: object) -> str:
-    if isinstance(val, torch.Tensor):
-        return f"{tuple(str(s) for s in val.shape)}:{val.dtype}"
     return type(val).__name__
 
 
@@ -78,9 +72,9 @@ def _colours(analysis: JointGraphAnalysis, rounds: int = WL_ROUNDS) -> dict[fx.N
         side = "tangent" if node in analysis.tangent_closure else "value"
         if node.op == "placeholder":
             kind = "tangent" if node.name.startswith("tangents") else "primal"
-            colour[node] = _digest("placeholder", kind, _meta_key(node))
+            colour[node] = _digest("placeholder", kind, _value_key(node.meta.get("val")))
         else:
-            colour[node] = _digest(node.op, str(node.target), side, _meta_key(node))
+            colour[node] = _digest(node.op, str(node.target), side, _value_key(node.meta.get("val")))
     for _ in range(rounds):
         refined = {}
         for node in analysis.graph.nodes:

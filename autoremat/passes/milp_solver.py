@@ -56,6 +56,7 @@ class MilpSolver:
     def __init__(self) -> None:
         self._blocks: RepeatedBlocks | None | bool = False  # False: not looked for yet
         self._problems: dict[frozenset[fx.Node], BuiltProblem] = {}
+        self._restrictions: dict[int, BlockRestriction | None] = {}  # by id of a built problem
 
     def _built(self, ctx: SearchContext, reference: Iterable[fx.Node]) -> BuiltProblem:
         """The problem linearised around ``reference``, built once per reference and search."""
@@ -76,8 +77,9 @@ class MilpSolver:
                 if not results:
                     break
                 result = results[0]
-                known = _cut(ctx, built, result) in ctx.pool
-                candidate = [self._pool(ctx, built, r) for r in results][0]
+                cut = _cut(ctx, built, result)
+                known = cut in ctx.pool
+                candidate = ctx.pool.add(cut, self.name, result.gap)
                 log.debug(
                     "autoremat: least-peak MILP %s: model peak=%s simulated=%d",
                     result.status,
@@ -93,15 +95,10 @@ class MilpSolver:
         lower peak among equally fast plans), linearised around that plan: what may beat it on
         both counts at budget 1.0 (``search.py``)."""
         built = self._built(ctx, ctx.high.saved)
-        if self._restriction(ctx, built) is None:
-            results = self._solve_all(ctx, built, cap_bytes=cap_bytes)
-        else:  # a big graph: all blocks tied (the whole program's try costs 10 s at 57 layers)
-            restriction = self._restriction(ctx, built)
-            tied = self._solve(ctx, built.problem, tied=restriction.tied, cap_bytes=cap_bytes)
-            results = self._ranked([tied], None, {})  # a restricted answer proves no gap
-        for result in results:
-            if result.saved is not None:
-                self._pool(ctx, built, result)
+        # on a big graph all blocks tied, as the least-peak search (the whole program's try costs
+        # 10 s at 57 layers)
+        for result in self._solve_all(ctx, built, tie=True, cap_bytes=cap_bytes):
+            self._pool(ctx, built, result)
 
     def propose(self, ctx: SearchContext, cap_bytes: int) -> None:
         """Linearise around the best plan known to fit (the model is closest to the truth near it),
@@ -152,11 +149,11 @@ class MilpSolver:
         **objective: object,
     ) -> list[MilpResult]:
         """The whole program's answer; on a graph too big for it that has repeated blocks
-        (``block_milp.py``), the whole program's after a short try (``FULL_ATTEMPT_NODES``) if it
-        proved its gap there, else the restricted programs' answers: tied blocks (``tie``, when
-        exploring), runs of tied blocks, and per-block patterns. Only answers with a plan, best
-        first. A restricted answer's gap is proven against the whole program's bound from its try
-        (None without one): that is the only proof a restricted solve has.
+        (``block_milp.py``), all blocks tied alone with ``tie`` (the least-peak search, budget 1.0);
+        else the whole program's after a short try (``FULL_ATTEMPT_NODES``) if it proved its gap
+        there, or the restricted programs' answers: runs of tied blocks, and per-block patterns.
+        Only answers with a plan, best first. A restricted answer's gap is proven against the whole
+        program's bound from its try (None without one): the only proof a restricted solve has.
 
         ``bound`` carries that bound between the solves for one target: a cap lowered after the
         memory model's shortfall only raises the optimum, so the first cap's bound still holds, and
@@ -165,7 +162,7 @@ class MilpSolver:
         if restriction is None:
             result = self._solve(ctx, built.problem, **objective)
             return [result] if result.saved is not None else []
-        if tie:  # all blocks tied: the least-peak search's (0.2 s at 12 layers, 1-2 s at 57)
+        if tie:  # all blocks tied: least-peak search and budget 1.0 (0.2 s at 12 layers, 1-2 s at 57)
             return self._ranked(
                 [self._solve(ctx, built.problem, tied=restriction.tied, **objective)], None, objective
             )
@@ -208,14 +205,18 @@ class MilpSolver:
         return sorted(found, key=key)
 
     def _restriction(self, ctx: SearchContext, built: BuiltProblem) -> BlockRestriction | None:
+        """The block places of ``built`` (once per built problem), or None when it is small enough
+        for the whole program or has no repeated blocks."""
         if built.problem.n <= FULL_PROGRAM_MAX_CANDIDATES:
             return None
         if self._blocks is False:
             self._blocks = find_repeated_blocks(ctx.analysis)
             ctx.stats["blocks"] = self._blocks.copies if self._blocks else None
-        if not self._blocks:
-            return None
-        return BlockRestriction.of(self._blocks, built.nodes)
+        if id(built) not in self._restrictions:
+            self._restrictions[id(built)] = (
+                BlockRestriction.of(self._blocks, built.nodes) if self._blocks else None
+            )
+        return self._restrictions[id(built)]
 
     @staticmethod
     def _solve(
