@@ -158,6 +158,31 @@ def test_unsatisfiable_problem_reports_infeasible():
     assert result.saved is None and result.status == "infeasible"
 
 
+def test_a_stop_with_a_plan_under_an_unknown_code_is_a_limit_not_a_failure(monkeypatch):
+    """scipy 1.17 reports HiGHS' node limit as its "other" status 4 ("Solution limit reached", on a
+    12-layer GPT's whole program at 50 nodes): the plan it returns is feasible, so the solve reached
+    a limit; "failed" is for no plan at all."""
+    from autoremat.passes import milp
+
+    def stopped(self, constraints, time_limit, node_limit, *, plan=True):
+        result = original(self, constraints, time_limit, node_limit)
+        result.status = 4
+        result.x = result.x if plan else None
+        return result
+
+    original = milp._Program._milp
+    monkeypatch.setattr(milp._Program, "_milp", stopped)
+    problem = BudgetProblem(
+        inputs=((), (0,)), needed=(1,), can_save=(True, True), can_recompute=(True, True),
+        cost_s=(1e-3, 1e-3), recompute_bytes=(8, 8), first=(0, 0), last=(0, 0), group=(0, 1),
+        group_bytes=(8, 8), save_last=(0, 0), fwd_release=(0, 0), bwd_base=(0,), fwd_base=(0, 0),
+    )  # fmt: skip
+    result = solve_budget(problem, cap_bytes=100)
+    assert result.saved is not None and result.status == "limit-reached"
+    monkeypatch.setattr(milp._Program, "_milp", lambda *args: stopped(*args, plan=False))
+    assert solve_budget(problem, cap_bytes=100).status == "failed"
+
+
 def test_bad_objective_is_a_value_error():
     problem = BudgetProblem((), (), (), (), (), (), (), (), (), (), (), (), (0,), (0,))
     with pytest.raises(ValueError, match="minimise='speed'.*'time' or 'peak'"):

@@ -23,7 +23,7 @@ import torch.fx as fx
 
 from autoremat.cost_models.device_specs import DeviceSpec
 from autoremat.cost_models.flops import Expr, tensor_bytes
-from autoremat.cost_models.roofline import FREE, ZERO, NodeCost
+from autoremat.cost_models.roofline import FREE, ZERO, NodeCost, larger
 from autoremat.graph.op_classes import OpClass
 
 #: Op classes Inductor lowers to generated loops that it can fuse with each other.
@@ -123,4 +123,4 @@ def kernel_time(group: list[fx.Node], costs: dict[fx.Node, NodeCost], spec: Devi
         leaves = any(u not in members for u in node.users)
         if leaves and costs[node].op_class not in FREE:
             moved += costs[node].bytes_written
-    return sympy.Float(spec.launch_s) + sympy.Max(compute, moved / sympy.Float(spec.bandwidth))
+    return sympy.Float(spec.launch_s) + larger(compute, moved / sympy.Float(spec.bandwidth))

@@ -30,6 +30,14 @@ FREE = frozenset({OpClass.VIEW, OpClass.GETITEM, OpClass.SYMBOLIC, OpClass.PLACE
 TENSOR_CORE = frozenset({OpClass.COMPUTE_INTENSIVE})
 
 
+def larger(a: Expr, b: Expr) -> Expr:
+    """``Max(a, b)``, short-cut for numbers: with static shapes every cost is one, and building
+    ``sympy.Max`` (which tries to simplify) was most of a big graph's time model."""
+    if a.is_Number and b.is_Number:
+        return a if a >= b else b
+    return sympy.Max(a, b)
+
+
 @dataclass(frozen=True)
 class NodeCost:
     """Work of one node, as expressions of the graph's size symbols."""
@@ -49,14 +57,14 @@ class NodeCost:
         if self.op_class in FREE:
             return ZERO
         memory = (self.bytes_read + self.bytes_written) / sympy.Float(spec.bandwidth)
-        return sympy.Float(spec.launch_s) + sympy.Max(self.compute_s(spec), memory)
+        return sympy.Float(spec.launch_s) + larger(self.compute_s(spec), memory)
 
     def fused_s(self, spec: DeviceSpec, bytes_read: Expr | None = None) -> Expr:
         """Marginal time inside another kernel that reads ``bytes_read`` (default: all inputs) for it."""
         if self.op_class in FREE:
             return ZERO
         read = self.bytes_read if bytes_read is None else bytes_read
-        return sympy.Max(self.compute_s(spec), read / sympy.Float(spec.bandwidth))
+        return larger(self.compute_s(spec), read / sympy.Float(spec.bandwidth))
 
 
 def _dtype(node: fx.Node) -> torch.dtype:

@@ -206,6 +206,7 @@ def solve_budget(
     node_limit: int | None = None,
     tied: Iterable[Sequence[int]] = (),
     choices: Iterable[Choice] = (),
+    relaxation: bool = False,
 ) -> MilpResult:
     """Minimum recompute time with model peak <= ``cap_bytes`` (``minimise="time"``), or the least
     model peak (``minimise="peak"``, cap optional). ``exclude`` lists saved sets the answer must differ
@@ -215,7 +216,12 @@ def solve_budget(
     ``tied`` and ``choices`` restrict the save decisions (repeated blocks, ``block_milp.py``): each
     tied group of candidates is saved all or none; each choice's members are saved in one of its
     patterns. The memory rows stay those of the whole problem, so a restricted answer is exact for
-    the model, and feasible for the unrestricted problem; it is optimal only within the restriction."""
+    the model, and feasible for the unrestricted problem; it is optimal only within the restriction.
+
+    ``relaxation`` solves the linear relaxation instead (every binary continuous): no plan, only
+    ``bound``, in a fraction of a MILP's time. With many repeated blocks it is tight (a fractional
+    save in one block is nearly matched by saving it in that fraction of the blocks): at 29 layers
+    of a GPT it is within 0.5-0.9% of the best plan found, at 12 layers 7-17%."""
     if minimise not in ("time", "peak"):
         raise ValueError(f"minimise={minimise!r} is invalid: expected 'time' or 'peak'")
     start = time.perf_counter()
@@ -255,19 +261,15 @@ def solve_budget(
         prog.row(terms, 1.0 - len(saved_set), math.inf)
 
     binaries = sum(prog.integer)
+    if relaxation:
+        prog.integer = [0] * len(prog.integer)
     res = prog.solve(time_limit, node_limit)
     elapsed = time.perf_counter() - start
     status = _STATUS.get(res.status, "failed")
-    if res.x is None:
-        return MilpResult(
-            status, None, None, None, None, elapsed, binaries, len(prog.row_lo), restricted=restricted
-        )
-    saved = frozenset(v for v in range(p.n) if res.x[save[v]] > _BINARY_THRESHOLD)
-    model_peak, _ = p.peak_bytes(saved)
-    gap = getattr(res, "mip_gap", None)
-    gap = float(gap) if gap is not None else (0.0 if status == "optimal" else None)
-    program_time = sum(res.x[recompute[v]] * p.cost_s[v] for v in range(p.n))
-    dual = getattr(res, "mip_dual_bound", None)
+    if status == "failed" and res.x is not None:  # a limit HiGHS reports under another code (e.g.
+        status = "limit-reached"  # scipy 1.17 maps a node limit to "Solution limit reached", 4)
+    # an LP's objective bounds the program only once it is solved (stopped early, it may be above)
+    dual = (res.fun if res.status == 0 else None) if relaxation else getattr(res, "mip_dual_bound", None)
     bound = None
     if dual is not None and math.isfinite(dual):
         if minimise == "time":  # objective: time / time_unit + tie * peak / peak_unit, peak <= cap
@@ -276,6 +278,24 @@ def solve_budget(
             bound = max(dual - tie, 0.0) * time_unit / _TIME_SCALE
         else:  # objective: tie * time / time_unit (at most tie) + peak / peak_unit
             bound = max(dual - _TIE_WEIGHT, 0.0) * peak_unit
+    if res.x is None or relaxation:
+        return MilpResult(
+            status,
+            None,
+            None,
+            None,
+            None,
+            elapsed,
+            binaries,
+            len(prog.row_lo),
+            restricted=restricted,
+            bound=bound,
+        )
+    saved = frozenset(v for v in range(p.n) if res.x[save[v]] > _BINARY_THRESHOLD)
+    model_peak, _ = p.peak_bytes(saved)
+    gap = getattr(res, "mip_gap", None)
+    gap = float(gap) if gap is not None else (0.0 if status == "optimal" else None)
+    program_time = sum(res.x[recompute[v]] * p.cost_s[v] for v in range(p.n))
     return MilpResult(
         status,
         saved,

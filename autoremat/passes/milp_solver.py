@@ -12,17 +12,16 @@ recompute bursts), so:
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from collections.abc import Iterable
 
 import torch.fx as fx
 
 from autoremat.graph.blocks import RepeatedBlocks, find_repeated_blocks
-from autoremat.passes.block_milp import BlockRestriction
+from autoremat.passes.block_milp import BlockRestriction, ranked_tied, solve_by_blocks
 from autoremat.passes.budget_problem import BudgetProblem
 from autoremat.passes.cut import CutResult
-from autoremat.passes.milp import MIP_REL_GAP, MilpResult, solve_budget
+from autoremat.passes.milp import MilpResult, solve_budget
 from autoremat.passes.pool import Candidate, complete_saved
 from autoremat.passes.problem_builder import BuiltProblem, build_problem
 from autoremat.passes.solver import SearchContext
@@ -35,16 +34,6 @@ MAX_SOLVES_PER_REFERENCE = 3
 CAP_MARGIN = 0.005
 #: branch-and-bound nodes per MILP solve: bounds the work, so the answer does not depend on the clock
 MILP_NODE_LIMIT = 500
-#: branch-and-bound nodes the whole program gets on a big graph before the restricted programs take
-#: over: HiGHS often proves a 1% gap at its root there (29 layers: 1-3 s), and when it does not, its
-#: bound is what proves a restricted answer's gap
-FULL_ATTEMPT_NODES = 50
-#: runs of tied blocks in the restricted program (before the last block, which is a run of its own):
-#: on a 12-layer GPT, at budgets 0.1/0.3/0.6, within 0.7%/-0.2%/0.3% of the whole program's answer
-#: (it had 5-29 s and a 1% gap), where all blocks tied were 31%/14%/87% above it
-CHUNKS = 6
-#: branch-and-bound nodes of a restricted solve on a big graph
-RESTRICTED_NODE_LIMIT = 100
 #: candidates above which the whole-graph program is restricted by repeated blocks, when it has them
 #: (a 12-layer GPT's 1,029 candidates took HiGHS 8 s for the least peak and over 60 s for a cap)
 FULL_PROGRAM_MAX_CANDIDATES = 600
@@ -148,61 +137,24 @@ class MilpSolver:
         bound: list[float | None] | None = None,
         **objective: object,
     ) -> list[MilpResult]:
-        """The whole program's answer; on a graph too big for it that has repeated blocks
-        (``block_milp.py``), all blocks tied alone with ``tie`` (the least-peak search, budget 1.0);
-        else the whole program's after a short try (``FULL_ATTEMPT_NODES``) if it proved its gap
-        there, or the restricted programs' answers: runs of tied blocks, and per-block patterns.
-        Only answers with a plan, best first. A restricted answer's gap is proven against the whole
-        program's bound from its try (None without one): the only proof a restricted solve has.
-
-        ``bound`` carries that bound between the solves for one target: a cap lowered after the
-        memory model's shortfall only raises the optimum, so the first cap's bound still holds, and
-        a later solve is the per-block patterns' alone (the pool holds the earlier answers)."""
+        """Answers with a plan, best first: the whole program's; on a graph too big for it that has
+        repeated blocks, all blocks tied with ``tie`` (the least-peak search, budget 1.0: 0.2 s at
+        12 layers, 1-2 s at 57), else ``block_milp.solve_by_blocks``'s (``bound`` carries its proof
+        between the caps for one target)."""
         restriction = self._restriction(ctx, built)
         if restriction is None:
             result = self._solve(ctx, built.problem, **objective)
             return [result] if result.saved is not None else []
-        if tie:  # all blocks tied: least-peak search and budget 1.0 (0.2 s at 12 layers, 1-2 s at 57)
-            return self._ranked(
-                [self._solve(ctx, built.problem, tied=restriction.tied, **objective)], None, objective
-            )
-        if bound:  # a later cap for the same target: the patterns first
-            mixed = self._mixed(ctx, built, restriction, [], **objective)
-            if mixed.saved is not None:
-                return self._ranked([mixed], bound[0], objective)
-        whole = self._solve(ctx, built.problem, node_limit=FULL_ATTEMPT_NODES, **objective)
-        if bound is not None:  # the best bound yet: a lower cap's is at least as high
-            known = [b for b in (*bound, whole.bound) if b is not None]
-            bound[:] = [max(known) if known else None]
-        if whole.saved is not None and whole.gap is not None and whole.gap <= MIP_REL_GAP:
-            return [whole]
-        chunked = restriction.chunked(CHUNKS)
-        answers = [whole, self._solve(ctx, built.problem, RESTRICTED_NODE_LIMIT, tied=chunked, **objective)]
-        answers.append(self._mixed(ctx, built, restriction, answers, **objective))
-        return self._ranked(answers, bound[0] if bound is not None else whole.bound, objective)
-
-    def _mixed(
-        self,
-        ctx: SearchContext,
-        built: BuiltProblem,
-        restriction: BlockRestriction,
-        answers: list[MilpResult],
-        **objective: object,
-    ) -> MilpResult:
-        """The per-block patterns' answer: patterns of ``answers`` first, then of the pool's plans."""
+        if tie:
+            tied = self._solve(ctx, built.problem, tied=restriction.tied, **objective)
+            return ranked_tied(tied, objective)
         index = {n: i for i, n in enumerate(built.nodes)}
         pooled = [[index[n] for n in c.cut.saved if n in index] for c in ctx.pool.plans.values()]
-        patterns = restriction.patterns(pooled, first=[r.saved for r in answers if r.saved is not None])
-        choices = restriction.choices(patterns)
-        return self._solve(ctx, built.problem, RESTRICTED_NODE_LIMIT, choices=choices, **objective)
 
-    @staticmethod
-    def _ranked(
-        answers: list[MilpResult], proof: float | None, objective: dict[str, object]
-    ) -> list[MilpResult]:
-        found = [_certified(r, proof, objective) for r in answers if r.saved is not None]
-        key = (lambda r: r.peak_bytes) if objective.get("minimise") == "peak" else (lambda r: r.time_s)
-        return sorted(found, key=key)
+        def solve(problem: BudgetProblem, node_limit: int, **kwargs: object) -> MilpResult:
+            return self._solve(ctx, problem, node_limit, **kwargs)
+
+        return solve_by_blocks(built.problem, restriction, solve, pooled=pooled, carried=bound, **objective)
 
     def _restriction(self, ctx: SearchContext, built: BuiltProblem) -> BlockRestriction | None:
         """The block places of ``built`` (once per built problem), or None when it is small enough
@@ -223,17 +175,24 @@ class MilpSolver:
         ctx: SearchContext, problem: BudgetProblem, node_limit: int = MILP_NODE_LIMIT, **objective: object
     ) -> MilpResult:
         result = solve_budget(problem, time_limit=ctx.deadline.slice(), node_limit=node_limit, **objective)
+        relaxation = bool(objective.get("relaxation"))
         log.debug(
-            "autoremat: MILP %s (%s, node limit %d): %s in %.2f s",
+            "autoremat: MILP %s (%s, node limit %d): %s in %.2f s (time %s s, peak %s, bound %s)",
             objective.get("minimise", "time"),
-            result.restricted or "whole",
+            "linear relaxation" if relaxation else result.restricted or "whole",
             node_limit,
             result.status,
             result.solve_seconds,
+            result.time_s,
+            result.peak_bytes,
+            result.bound,
         )
         stats = ctx.stats
-        stats["milp_solves"] = stats.get("milp_solves", 0) + 1
         stats["milp_seconds"] = stats.get("milp_seconds", 0.0) + result.solve_seconds
+        if relaxation:  # a bound, not a plan: the plan's stats stay the last MILP's
+            stats["milp_relaxations"] = stats.get("milp_relaxations", 0) + 1
+            return result
+        stats["milp_solves"] = stats.get("milp_solves", 0) + 1
         stats["milp_binaries"] = result.num_binaries
         stats["milp_rows"] = result.num_rows
         stats["milp_last_status"] = result.status
@@ -244,15 +203,3 @@ class MilpSolver:
 
 def _cut(ctx: SearchContext, built: BuiltProblem, result: MilpResult) -> CutResult:
     return complete_saved(ctx.analysis, (built.nodes[i] for i in result.saved or ()))
-
-
-def _certified(result: MilpResult, bound: float | None, objective: dict[str, object]) -> MilpResult:
-    """``result`` with the gap it has against ``bound``, a lower bound on the whole program's
-    objective (for a restricted answer: its own solver's gap says nothing about the whole program)."""
-    if result.restricted is None:
-        return result
-    value = result.peak_bytes if objective.get("minimise") == "peak" else result.time_s
-    gap = None
-    if bound is not None and value:
-        gap = max(value - bound, 0.0) / value
-    return dataclasses.replace(result, gap=gap)
