@@ -55,8 +55,13 @@ class MilpSolver:
         return self._problems[key]
 
     def explore(self, ctx: SearchContext) -> None:
-        """Least simulated peak over MILP solves, from the runtime-optimal and least-bytes cuts."""
-        for start in (ctx.high, ctx.low):
+        """Least simulated peak over MILP solves, from the runtime-optimal and least-bytes cuts (on a
+        big graph from the runtime-optimal cut only: from the least-bytes cut the solve returned the
+        same plan at 29 and 57 layers, 0.02% lower at 12, and cost 1-12 s)."""
+        starts = [ctx.high]
+        if self._restriction(ctx, self._built(ctx, ctx.high.saved)) is None:
+            starts.append(ctx.low)
+        for start in starts:
             reference: Iterable[fx.Node] = start.saved
             for _ in range(MAX_SOLVES_PER_REFERENCE):
                 if ctx.deadline.left() <= 0:
