@@ -13,8 +13,9 @@ on while later blocks run; the peak falls in one block's backward) is modelled e
   block. Binaries: blocks × patterns.
 
 Both answers are feasible for the whole program and go into the pool, which checks them with the
-memory model like any plan; "optimal" is claimed for neither (``search.py`` only calls a plan optimal
-when its gap is proven for the unrestricted problem, which a restricted solve does not prove).
+memory model like any plan. A restricted solve's own gap says nothing about the whole program, so
+each answer's gap is measured against a lower bound on the whole program (``solve_by_blocks``), and
+``search.py`` calls a plan optimal only when that gap is within 1%.
 """
 
 from __future__ import annotations
@@ -140,7 +141,7 @@ def solve_by_blocks(
     ``full_attempt_nodes=None`` skips the whole program (the restricted programs alone); ``chunks``
     is the number of runs of tied blocks."""
     pooled = [list(s) for s in pooled]
-    known = carried if carried is not None else []
+    known = list(carried or [])  # a copy: ``carried`` is rewritten below
 
     def mixed(answers: list[MilpResult]) -> MilpResult:
         patterns = restriction.patterns(pooled, first=[r.saved for r in answers if r.saved is not None])
