@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from autoremat.graph.blocks import find_repeated_blocks
 from autoremat.passes.block_milp import CHUNKS, FULL_ATTEMPT_NODES, BlockRestriction, solve_by_blocks
 from autoremat.passes.budget_problem import UNUSED, BudgetProblem
-from autoremat.passes.milp import MIP_REL_GAP, Choice, solve_budget
+from autoremat.passes.milp import MIP_REL_GAP, Choice, MilpResult, solve_budget
 from tests.test_budget_milp import MAX_N, enumerate_plans, peak_tolerance_bytes, problems, time_tolerance_s
 
 
@@ -264,7 +264,7 @@ def repeated_problems(draw) -> tuple[BudgetProblem, BlockRestriction]:
     return problem, BlockRestriction(tuple(tuple(b * k + j for j in range(k)) for b in blocks))
 
 
-def _solve(problem: BudgetProblem, node_limit: int, **kwargs) -> object:
+def _solve(problem: BudgetProblem, node_limit: int, **kwargs) -> MilpResult:
     return solve_budget(problem, time_limit=10, node_limit=node_limit, **kwargs)
 
 
