@@ -147,12 +147,14 @@ def solve_by_blocks(
         patterns = restriction.patterns(pooled, first=[r.saved for r in answers if r.saved is not None])
         return solve(problem, RESTRICTED_NODE_LIMIT, choices=restriction.choices(patterns), **objective)
 
-    def proof(*bounds: float | None) -> float | None:
-        relaxed = solve(problem, RESTRICTED_NODE_LIMIT, relaxation=True, **objective)
-        best = _best_bound(*bounds, relaxed.bound)
+    def keep(best: float | None) -> float | None:
         if carried is not None:
             carried[:] = [best]
         return best
+
+    def proof(*bounds: float | None) -> float | None:
+        relaxed = solve(problem, RESTRICTED_NODE_LIMIT, relaxation=True, **objective)
+        return keep(_best_bound(*bounds, relaxed.bound))
 
     if known:  # a later cap for the same target
         answer = mixed([])
@@ -162,8 +164,7 @@ def solve_by_blocks(
     if full_attempt_nodes is not None:
         whole = solve(problem, full_attempt_nodes, **objective)
         if whole.saved is not None and whole.gap is not None and whole.gap <= MIP_REL_GAP:
-            if carried is not None:
-                carried[:] = [_best_bound(*known, whole.bound)]
+            keep(_best_bound(*known, whole.bound))
             return [whole]
         answers.append(whole)
     answers.append(solve(problem, RESTRICTED_NODE_LIMIT, tied=restriction.chunked(chunks), **objective))
