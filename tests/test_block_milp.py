@@ -12,7 +12,14 @@ from autoremat.graph.blocks import find_repeated_blocks
 from autoremat.passes.block_milp import CHUNKS, FULL_ATTEMPT_NODES, BlockRestriction, solve_by_blocks
 from autoremat.passes.budget_problem import UNUSED, BudgetProblem
 from autoremat.passes.milp import MIP_REL_GAP, Choice, MilpResult, solve_budget
-from tests.test_budget_milp import MAX_N, enumerate_plans, peak_tolerance_bytes, problems, time_tolerance_s
+from tests.test_budget_milp import (
+    MAX_N,
+    enumerate_plans,
+    one_row_per_round,
+    peak_tolerance_bytes,
+    problems,
+    time_tolerance_s,
+)
 
 
 @st.composite
@@ -48,8 +55,8 @@ def _respects(saved: set[int], tied, choices) -> bool:
 
 
 @settings(deadline=None)
-@given(restricted_problems(), st.floats(0.0, 1.2))
-def test_restricted_time_optimum_matches_brute_force_over_the_restriction(case, cap_fraction):
+@given(restricted_problems(), st.floats(0.0, 1.2), st.booleans())
+def test_restricted_time_optimum_matches_brute_force_over_the_restriction(case, cap_fraction, lazy_rows):
     problem, tied, choices = case
     plans = [(t, p, s) for t, p, s in enumerate_plans(problem) if _respects(s, tied, choices)]
     if not plans:  # the restriction leaves no feasible plan: the program must find none either
@@ -58,7 +65,10 @@ def test_restricted_time_optimum_matches_brute_force_over_the_restriction(case, 
     peaks = sorted(p for _, p, _ in plans)
     cap = int(peaks[0] + cap_fraction * (peaks[-1] - peaks[0]))
     fitting = [t for t, p, _ in plans if p <= cap]
-    result = solve_budget(problem, cap_bytes=cap, time_limit=10, tied=tied, choices=choices)
+    with one_row_per_round():
+        result = solve_budget(
+            problem, cap_bytes=cap, time_limit=10, tied=tied, choices=choices, lazy_rows=lazy_rows
+        )
     if not fitting:
         assert result.saved is None
         return
@@ -73,11 +83,14 @@ def test_restricted_time_optimum_matches_brute_force_over_the_restriction(case, 
 
 
 @settings(deadline=None)
-@given(restricted_problems())
-def test_restricted_least_peak_matches_brute_force_over_the_restriction(case):
+@given(restricted_problems(), st.booleans())
+def test_restricted_least_peak_matches_brute_force_over_the_restriction(case, lazy_rows):
     problem, tied, choices = case
     plans = [(t, p, s) for t, p, s in enumerate_plans(problem) if _respects(s, tied, choices)]
-    result = solve_budget(problem, minimise="peak", time_limit=10, tied=tied, choices=choices)
+    with one_row_per_round():
+        result = solve_budget(
+            problem, minimise="peak", time_limit=10, tied=tied, choices=choices, lazy_rows=lazy_rows
+        )
     if not plans:  # the restriction leaves no feasible plan: the program must find none either
         assert result.saved is None
         return

@@ -8,11 +8,13 @@ happen to contain; a second test builds problems from real joint graphs.
 from __future__ import annotations
 
 import itertools
+from unittest import mock
 
 import pytest
 from hypothesis import assume, example, given, settings
 from hypothesis import strategies as st
 
+from autoremat.passes import milp
 from autoremat.passes.budget_problem import UNUSED, BudgetProblem
 from autoremat.passes.milp import MIP_REL_GAP, solve_budget
 from autoremat.passes.problem_builder import build_problem
@@ -95,16 +97,23 @@ _PICOSECOND_TIE = BudgetProblem(
 )  # fmt: skip
 
 
+def one_row_per_round():
+    """Lazy rows one position of each phase per round, and no fall-back to every row: the answer is
+    then the rows' generation's own, position by position, even on the few positions drawn here."""
+    return mock.patch.multiple(milp, ROWS_PER_ROUND=1, MAX_ROW_ROUNDS=10**6)
+
+
 @settings(deadline=None)
-@given(problems(), st.floats(0.0, 1.2))
-@example(_PICOSECOND_TIE, 0.0)
-def test_milp_time_optimum_matches_brute_force(problem, cap_fraction):
+@given(problems(), st.floats(0.0, 1.2), st.booleans())
+@example(_PICOSECOND_TIE, 0.0, False)
+def test_milp_time_optimum_matches_brute_force(problem, cap_fraction, lazy_rows):
     plans = list(enumerate_plans(problem))
     assume(plans)
     peaks = sorted(p for _, p, _ in plans)
     cap = int(peaks[0] + cap_fraction * (peaks[-1] - peaks[0]))
     fitting = [t for t, p, _ in plans if p <= cap]
-    result = solve_budget(problem, cap_bytes=cap, time_limit=10)
+    with one_row_per_round():
+        result = solve_budget(problem, cap_bytes=cap, time_limit=10, lazy_rows=lazy_rows)
     if not fitting:
         assert result.saved is None and result.status == "infeasible"
         return
@@ -122,11 +131,12 @@ def test_milp_time_optimum_matches_brute_force(problem, cap_fraction):
 
 
 @settings(deadline=None)
-@given(problems())
-def test_milp_least_peak_matches_brute_force(problem):
+@given(problems(), st.booleans())
+def test_milp_least_peak_matches_brute_force(problem, lazy_rows):
     plans = list(enumerate_plans(problem))
     assume(plans)
-    result = solve_budget(problem, minimise="peak", time_limit=10)
+    with one_row_per_round():
+        result = solve_budget(problem, minimise="peak", time_limit=10, lazy_rows=lazy_rows)
     assert result.status == "optimal"
     evaluated = {frozenset(saved): p for _, p, saved in plans}
     assert result.saved in evaluated, "the answer is not a feasible saved set"
@@ -134,6 +144,46 @@ def test_milp_least_peak_matches_brute_force(problem):
     assert result.program_peak_bytes == pytest.approx(peak, abs=peak_tolerance_bytes(problem))
     least = min(evaluated.values())
     assert least <= peak <= least * (1 + MIP_REL_GAP) + 1
+
+
+def _long_schedule(spike: int, first_recompute_bytes: int) -> BudgetProblem:
+    """Three chained values over a 400-position backward whose base spikes at ``spike``; each value is
+    read at its own position past the spike, so saving it holds its bytes over the spike."""
+    positions = 400
+    base = [100] * positions
+    base[spike] = 1_000
+    recompute_bytes = (first_recompute_bytes, 64, 64)
+    return BudgetProblem(
+        inputs=((), (0,), (1,)), needed=(0, 1, 2), can_save=(True,) * 3, can_recompute=(True,) * 3,
+        cost_s=(1e-3, 2e-3, 3e-3), recompute_bytes=recompute_bytes, first=(300, 320, 340),
+        last=(300, 320, 340), group=(0, 1, 2), group_bytes=(500, 400, 300), save_last=(300, 320, 340),
+        fwd_release=(0, 1, 2), bwd_base=tuple(base), fwd_base=(0, 0, 0, 0),
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("minimise", ["time", "peak"])
+@pytest.mark.parametrize("first_recompute_bytes", [64, 2_000])
+def test_lazy_rows_give_the_full_programs_answer_from_the_positions_it_exceeds(
+    minimise, first_recompute_bytes
+):
+    """Lazily, the program starts with no peak rows and gets those of the positions its answers
+    exceed: here the spike and the few positions of the answers' recomputations, not one row per
+    position, and the full program's answer (same plan, same peak, same proof). With the first
+    value's recomputation bigger than the spike, the fastest plan that fits the spike (recompute it)
+    exceeds the cap where it is recomputed instead, so the answer must save it."""
+    problem = _long_schedule(spike=150, first_recompute_bytes=first_recompute_bytes)
+    cap = 1_000 + 500 + 400  # the spike holds two of the three saves, not all three
+    kwargs = {"cap_bytes": cap} if minimise == "time" else {"minimise": "peak"}
+    full = solve_budget(problem, time_limit=10, **kwargs)
+    lazy = solve_budget(problem, time_limit=10, lazy_rows=True, **kwargs)
+    assert full.rounds == 1 and full.saved is not None
+    assert lazy.rounds >= 2 and lazy.num_rows < full.num_rows / 4
+    assert lazy.status == full.status == "optimal"
+    assert lazy.saved == full.saved and lazy.peak_bytes == full.peak_bytes
+    assert lazy.program_peak_bytes == pytest.approx(
+        full.program_peak_bytes, abs=peak_tolerance_bytes(problem)
+    )
+    assert lazy.bound == pytest.approx(full.bound, rel=MIP_REL_GAP)
 
 
 def test_unsatisfiable_problem_reports_infeasible():

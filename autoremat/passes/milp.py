@@ -7,6 +7,16 @@ drives every continuous flag to it.
 The memory totals are written as running sums along the schedule (``S_t = S_{t+1} + bytes released
 at t``) rather than one dense row per position, so the program has O(nodes + edges + positions)
 non-zeros and a 5,000-node joint graph stays a few-second solve.
+
+On request the peak rows are generated lazily (``_Positions``): a program with the peak rows of only
+some positions is a relaxation, so its dual bound bounds the full program; its answer is checked
+against every position's row, and the positions it exceeds are added for the next solve, until an
+answer fits everywhere (it is then the full program's answer, with the same proof). A plan's peak
+sits at a few positions, so a few rounds of a few dozen rows replace thousands. That pays where the
+linear programs are most of the work (all blocks of a deep model tied: few decisions, a long
+schedule; 57 layers of a GPT at budget 1.0: 7.9 s with every row, 1.0-3.0 s lazily); where
+branch-and-bound is (the whole program of the same model), each round repeats it, and lazy rows
+measured slower (3.7 vs 8.3 s).
 """
 
 from __future__ import annotations
@@ -21,7 +31,8 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 from scipy.optimize import Bounds, LinearConstraint, milp
@@ -44,6 +55,11 @@ MIP_REL_GAP = 1e-2
 _MIN_TIME_LIMIT_S = 0.01
 #: binaries come back as floats within HiGHS' integrality tolerance: round at one half
 _BINARY_THRESHOLD = 0.5
+
+#: the most positions of each phase (forward, backward) one round adds: the worst exceeded
+ROWS_PER_ROUND = 24
+#: rounds after which the program is solved with every row (bounds the work whatever the problem)
+MAX_ROW_ROUNDS = 6
 
 _STATUS = {0: "optimal", 1: "limit-reached", 2: "infeasible", 3: "unbounded", 4: "failed"}
 
@@ -71,6 +87,8 @@ class MilpResult:
     #: a proven lower bound on the objective's own quantity (seconds of recompute, or bytes of peak)
     #: over every plan the program allows: HiGHS' dual bound, less the tie-breaking term's share
     bound: float | None = None
+    #: programs solved for this answer: more than one where the memory rows were added lazily
+    rounds: int = 1
 
 
 class _Program:
@@ -207,6 +225,7 @@ def solve_budget(
     tied: Iterable[Sequence[int]] = (),
     choices: Iterable[Choice] = (),
     relaxation: bool = False,
+    lazy_rows: bool = False,
 ) -> MilpResult:
     """Minimum recompute time with model peak <= ``cap_bytes`` (``minimise="time"``), or the least
     model peak (``minimise="peak"``, cap optional). ``exclude`` lists saved sets the answer must differ
@@ -221,49 +240,35 @@ def solve_budget(
     ``relaxation`` solves the linear relaxation instead (every binary continuous): no plan, only
     ``bound``, in a fraction of a MILP's time. With many repeated blocks it is tight (a fractional
     save in one block is nearly matched by saving it in that fraction of the blocks): at 29 layers
-    of a GPT it is within 0.5-0.9% of the best plan found, at 12 layers 7-17%."""
+    of a GPT it is within 0.5-0.9% of the best plan found, at 12 layers 7-17%.
+
+    ``lazy_rows`` adds the peak rows in rounds (module docstring): the same answer's proof, for a
+    program with few decisions on a long schedule; ``rounds`` says how many programs it took."""
     if minimise not in ("time", "peak"):
         raise ValueError(f"minimise={minimise!r} is invalid: expected 'time' or 'peak'")
     start = time.perf_counter()
-    tied, choices = list(tied), list(choices)
+    tied, choices, exclude = list(tied), list(choices), list(exclude)
     restricted = "mixed" if choices else "tied" if tied else None
     p = problem
-    prog = _Program()
-    time_w, peak_w = (1.0, _TIE_WEIGHT) if minimise == "time" else (_TIE_WEIGHT, 1.0)
     # peak in units of the largest base so both objectives are O(1) per unit of their own
     peak_unit = float(max([1, *p.bwd_base, *p.fwd_base, *p.group_bytes]))
     time_unit = max(sum(p.cost_s) * _TIME_SCALE, 1.0)
-
-    save = [prog.var(0, 1 if p.can_save[v] else 0, integer=True) for v in range(p.n)]
-    recompute = [
-        prog.var(0, 1 if p.can_recompute[v] else 0, cost=time_w * p.cost_s[v] * _TIME_SCALE / time_unit)
-        for v in range(p.n)
-    ]
-    keep = [prog.var(0, 1) for _ in p.group_bytes]
-    # memory is expressed in units of peak_unit so every coefficient is O(1) for HiGHS' tolerances
-    peak = prog.var(0, math.inf if cap_bytes is None else cap_bytes / peak_unit, cost=peak_w)
-
-    _restrict(prog, p, save, tied, choices)
-    for v in p.needed:
-        prog.row({save[v]: 1, recompute[v]: 1}, 1, math.inf)
-    for v in range(p.n):
-        for u in p.inputs[v]:
-            terms = {recompute[v]: -1.0}
-            _add(terms, save[u], 1)
-            _add(terms, recompute[u], 1)
-            prog.row(terms, 0, math.inf)
-        prog.row({keep[p.group[v]]: 1, save[v]: -1}, 0, math.inf)
-
-    _backward_rows(prog, p, keep, recompute, peak, peak_unit)
-    _forward_rows(prog, p, keep, save, peak, peak_unit)
-    for saved_set in exclude:  # differ from `saved_set` in at least one save decision
-        terms = {save[v]: (-1.0 if v in saved_set else 1.0) for v in range(p.n) if p.can_save[v]}
-        prog.row(terms, 1.0 - len(saved_set), math.inf)
-
-    binaries = sum(prog.integer)
-    if relaxation:
-        prog.integer = [0] * len(prog.integer)
-    res = prog.solve(time_limit, node_limit)
+    positions = _Positions() if lazy_rows else None
+    rounds = 0
+    while True:
+        rounds += 1
+        prog, cols = _program(p, cap_bytes, minimise, exclude, tied, choices, positions, peak_unit, time_unit)
+        binaries = sum(prog.integer)
+        if relaxation:
+            prog.integer = [0] * len(prog.integer)
+        res = prog.solve(time_limit - (time.perf_counter() - start), node_limit)
+        if positions is None or res.x is None:
+            break  # every row was in the program, or a relaxation of it has no solution: neither has it
+        limit = res.x[cols.peak] * peak_unit * (1 + _PEAK_TOLERANCE)
+        if not positions.add_exceeded(*_live_bytes(p, res.x, cols), limit):
+            break  # within the program's peak at every position: the full program's answer
+        if rounds >= MAX_ROW_ROUNDS:
+            positions = None
     elapsed = time.perf_counter() - start
     status = _STATUS.get(res.status, "failed")
     if status == "failed" and res.x is not None:  # a limit HiGHS reports under another code (e.g.
@@ -290,12 +295,13 @@ def solve_budget(
             len(prog.row_lo),
             restricted=restricted,
             bound=bound,
+            rounds=rounds,
         )
-    saved = frozenset(v for v in range(p.n) if res.x[save[v]] > _BINARY_THRESHOLD)
+    saved = _saved(p, res.x, cols)
     model_peak, _ = p.peak_bytes(saved)
     gap = getattr(res, "mip_gap", None)
     gap = float(gap) if gap is not None else (0.0 if status == "optimal" else None)
-    program_time = sum(res.x[recompute[v]] * p.cost_s[v] for v in range(p.n))
+    program_time = sum(res.x[cols.recompute[v]] * p.cost_s[v] for v in range(p.n))
     return MilpResult(
         status,
         saved,
@@ -306,10 +312,114 @@ def solve_budget(
         binaries,
         len(prog.row_lo),
         program_time_s=float(program_time),
-        program_peak_bytes=float(res.x[peak] * peak_unit),
+        program_peak_bytes=float(res.x[cols.peak] * peak_unit),
         restricted=restricted,
         bound=bound,
+        rounds=rounds,
     )
+
+
+#: relative slack of the program's peak within which a position's modelled memory counts as within it
+#: (HiGHS' feasibility tolerance, 1e-7 of the memory unit, with room to spare)
+_PEAK_TOLERANCE = 1e-6
+
+
+@dataclass(frozen=True)
+class _Columns:
+    save: list[int]
+    recompute: list[int]
+    keep: list[int]
+    peak: int
+
+
+def _program(
+    p: BudgetProblem,
+    cap_bytes: int | None,
+    minimise: str,
+    exclude: list[frozenset[int]],
+    tied: list[Sequence[int]],
+    choices: list[Choice],
+    positions: _Positions | None,
+    peak_unit: float,
+    time_unit: float,
+) -> tuple[_Program, _Columns]:
+    """The program of ``solve_budget``, with the memory rows of ``positions`` only (None: all)."""
+    prog = _Program()
+    time_w, peak_w = (1.0, _TIE_WEIGHT) if minimise == "time" else (_TIE_WEIGHT, 1.0)
+    save = [prog.var(0, 1 if p.can_save[v] else 0, integer=True) for v in range(p.n)]
+    recompute = [
+        prog.var(0, 1 if p.can_recompute[v] else 0, cost=time_w * p.cost_s[v] * _TIME_SCALE / time_unit)
+        for v in range(p.n)
+    ]
+    keep = [prog.var(0, 1) for _ in p.group_bytes]
+    # memory is expressed in units of peak_unit so every coefficient is O(1) for HiGHS' tolerances
+    peak = prog.var(0, math.inf if cap_bytes is None else cap_bytes / peak_unit, cost=peak_w)
+
+    _restrict(prog, p, save, tied, choices)
+    for v in p.needed:
+        prog.row({save[v]: 1, recompute[v]: 1}, 1, math.inf)
+    for v in range(p.n):
+        for u in p.inputs[v]:
+            terms = {recompute[v]: -1.0}
+            _add(terms, save[u], 1)
+            _add(terms, recompute[u], 1)
+            prog.row(terms, 0, math.inf)
+        prog.row({keep[p.group[v]]: 1, save[v]: -1}, 0, math.inf)
+
+    every = positions is None
+    _backward_rows(prog, p, keep, recompute, peak, peak_unit, None if every else sorted(positions.backward))
+    _forward_rows(prog, p, keep, save, peak, peak_unit, None if every else sorted(positions.forward))
+    for saved_set in exclude:  # differ from `saved_set` in at least one save decision
+        terms = {save[v]: (-1.0 if v in saved_set else 1.0) for v in range(p.n) if p.can_save[v]}
+        prog.row(terms, 1.0 - len(saved_set), math.inf)
+    return prog, _Columns(save, recompute, keep, peak)
+
+
+def _saved(p: BudgetProblem, x: Any, cols: _Columns) -> frozenset[int]:
+    return frozenset(v for v in range(p.n) if x[cols.save[v]] > _BINARY_THRESHOLD)
+
+
+@dataclass
+class _Positions:
+    """The schedule positions whose memory rows a lazily built program has (module docstring)."""
+
+    forward: set[int] = field(default_factory=set)
+    backward: set[int] = field(default_factory=set)
+
+    def add_exceeded(self, forward: list[float], backward: list[float], limit: float) -> bool:
+        """Add the positions (the worst ``ROWS_PER_ROUND`` of each phase) whose live bytes are above
+        ``limit``; whether there were any."""
+        added = False
+        for kept, profile in ((self.forward, forward), (self.backward, backward)):
+            over = sorted((-live, t) for t, live in enumerate(profile) if live > limit and t not in kept)
+            kept.update(t for _, t in over[:ROWS_PER_ROUND])
+            added = added or bool(over)
+        return added
+
+
+def _live_bytes(p: BudgetProblem, x: Any, cols: _Columns) -> tuple[list[float], list[float]]:
+    """The bytes every memory row of the full program puts at each forward and backward position for
+    the program's values ``x`` (fractional in a relaxation): what its peak variable must cover."""
+    forward = [0.0] * (len(p.fwd_base) + 1)
+    for g, t in enumerate(p.fwd_release):
+        forward[min(t + 1, len(p.fwd_base))] += p.group_bytes[g] * x[cols.keep[g]]
+    backward = [0.0] * (len(p.bwd_base) + 1)
+
+    def charge(start: int, end: int, nbytes: float) -> None:
+        backward[start] += nbytes
+        backward[min(end, len(p.bwd_base) - 1) + 1] -= nbytes
+
+    for g, t in enumerate(p.save_last):
+        if t != UNUSED:
+            charge(0, t, p.group_bytes[g] * x[cols.keep[g]])
+    for v in range(p.n):
+        if p.first[v] != UNUSED and p.recompute_bytes[v] > 0 and p.can_recompute[v]:
+            charge(p.first[v], p.last[v], p.recompute_bytes[v] * x[cols.recompute[v]])
+    fwd = list(np.cumsum(forward[:-1]) + np.asarray(p.fwd_base, dtype=float))
+    if fwd and p.save_extra_end:
+        fwd[-1] += sum(extra * x[cols.save[v]] for v, extra in enumerate(p.save_extra_end) if extra)
+    bwd = list(np.cumsum(backward[:-1]) + np.asarray(p.bwd_base, dtype=float)) if p.bwd_base else []
+    return fwd, bwd
 
 
 def _peak_ceiling(p: BudgetProblem) -> float:
@@ -355,10 +465,19 @@ def _restrict(
 
 
 def _backward_rows(
-    prog: _Program, p: BudgetProblem, keep: list[int], recompute: list[int], peak: int, unit: float
+    prog: _Program,
+    p: BudgetProblem,
+    keep: list[int],
+    recompute: list[int],
+    peak: int,
+    unit: float,
+    kept: Sequence[int] | None,
 ) -> None:
+    """Peak rows at the backward positions ``kept`` (ascending; None: all), over running sums of the
+    saved and the recomputed bytes live there; the sums step from one kept position to the next."""
     positions = len(p.bwd_base)
-    if positions == 0:
+    kept = range(positions) if kept is None else kept
+    if not kept:
         return
     released_at: dict[int, list[int]] = {}
     for g, t in enumerate(p.save_last):
@@ -370,48 +489,61 @@ def _backward_rows(
         if p.first[v] != UNUSED and p.recompute_bytes[v] > 0 and p.can_recompute[v]:
             starts.setdefault(p.first[v], []).append(v)
             ends.setdefault(p.last[v], []).append(v)
-    saved_live = [prog.var(0, math.inf) for _ in range(positions)]
-    recomputed_live = [prog.var(0, math.inf) for _ in range(positions)]
-    for t in range(positions):
-        # saved_live[t] = saved_live[t+1] + groups whose last backward use is t
-        terms = {saved_live[t]: 1.0}
-        if t + 1 < positions:
-            terms[saved_live[t + 1]] = -1.0
-        for g in released_at.get(t, ()):
-            _add(terms, keep[g], -p.group_bytes[g] / unit)
+    saved_live = [prog.var(0, math.inf) for _ in kept]
+    recomputed_live = [prog.var(0, math.inf) for _ in kept]
+    for i, t in enumerate(kept):
+        # saved_live at t = saved_live at the next kept position + groups last used in between
+        terms = {saved_live[i]: 1.0}
+        if i + 1 < len(kept):
+            terms[saved_live[i + 1]] = -1.0
+        for u in range(t, kept[i + 1] if i + 1 < len(kept) else positions):
+            for g in released_at.get(u, ()):
+                _add(terms, keep[g], -p.group_bytes[g] / unit)
         prog.row(terms, 0, 0)
-        # recomputed_live[t] = recomputed_live[t-1] + started at t - ended at t-1
-        terms = {recomputed_live[t]: 1.0}
-        if t > 0:
-            terms[recomputed_live[t - 1]] = -1.0
-        for v in starts.get(t, ()):
-            _add(terms, recompute[v], -p.recompute_bytes[v] / unit)
-        for v in ends.get(t - 1, ()) if t > 0 else ():
-            _add(terms, recompute[v], p.recompute_bytes[v] / unit)
+        # recomputed_live at t = recomputed_live at the previous kept position + started - ended since
+        terms = {recomputed_live[i]: 1.0}
+        if i > 0:
+            terms[recomputed_live[i - 1]] = -1.0
+        for u in range(kept[i - 1] + 1 if i > 0 else 0, t + 1):
+            for v in starts.get(u, ()):
+                _add(terms, recompute[v], -p.recompute_bytes[v] / unit)
+            for v in ends.get(u - 1, ()) if u > 0 else ():
+                _add(terms, recompute[v], p.recompute_bytes[v] / unit)
         prog.row(terms, 0, 0)
-        prog.row({saved_live[t]: 1, recomputed_live[t]: 1, peak: -1}, -math.inf, -p.bwd_base[t] / unit)
+        prog.row({saved_live[i]: 1, recomputed_live[i]: 1, peak: -1}, -math.inf, -p.bwd_base[t] / unit)
 
 
 def _forward_rows(
-    prog: _Program, p: BudgetProblem, keep: list[int], save: list[int], peak: int, unit: float
+    prog: _Program,
+    p: BudgetProblem,
+    keep: list[int],
+    save: list[int],
+    peak: int,
+    unit: float,
+    kept: Sequence[int] | None,
 ) -> None:
+    """Peak rows at the forward positions ``kept`` (ascending; None: all)."""
+    last = len(p.fwd_base) - 1
     released_at: dict[int, list[int]] = {}
     for g, t in enumerate(p.fwd_release):
         released_at.setdefault(t, []).append(g)
     previous: int | None = None
-    for t, base in enumerate(p.fwd_base):
-        # kept[t] = kept[t-1] + groups whose last forward use was t-1 (saving keeps them after it)
-        kept = prog.var(0, math.inf)
-        terms = {kept: 1.0}
+    since = 0
+    for t in range(len(p.fwd_base)) if kept is None else kept:
+        # kept bytes at t = at the previous kept position + groups whose last forward use came since
+        # (saving keeps them after it)
+        live = prog.var(0, math.inf)
+        terms = {live: 1.0}
         if previous is not None:
             terms[previous] = -1.0
-        for g in released_at.get(t - 1, ()):
-            _add(terms, keep[g], -p.group_bytes[g] / unit)
+        for u in range(since, t + 1):
+            for g in released_at.get(u - 1, ()):
+                _add(terms, keep[g], -p.group_bytes[g] / unit)
         prog.row(terms, 0, 0)
-        row = {kept: 1.0, peak: -1.0}
-        if t == len(p.fwd_base) - 1:  # end of the forward: backward-only values it computes to save
+        row = {live: 1.0, peak: -1.0}
+        if t == last:  # end of the forward: backward-only values it computes to save
             for v, extra in enumerate(p.save_extra_end):
                 if extra:
                     _add(row, save[v], extra / unit)
-        prog.row(row, -math.inf, -base / unit)
-        previous = kept
+        prog.row(row, -math.inf, -p.fwd_base[t] / unit)
+        previous, since = live, t + 1

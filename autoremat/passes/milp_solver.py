@@ -150,8 +150,8 @@ class MilpSolver:
         if restriction is None:
             result = self._solve(ctx, built.problem, **objective)
             return [result] if result.saved is not None else []
-        if tie:
-            tied = self._solve(ctx, built.problem, tied=restriction.tied, **objective)
+        if tie:  # one block's decisions on the whole schedule: its rows are most of the work
+            tied = self._solve(ctx, built.problem, tied=restriction.tied, lazy_rows=True, **objective)
             return ranked_tied(tied, objective)
         index = {n: i for i, n in enumerate(built.nodes)}
         pooled = [[index[n] for n in c.cut.saved if n in index] for c in ctx.pool.plans.values()]
@@ -182,12 +182,14 @@ class MilpSolver:
         result = solve_budget(problem, time_limit=ctx.deadline.slice(), node_limit=node_limit, **objective)
         relaxation = bool(objective.get("relaxation"))
         log.debug(
-            "autoremat: MILP %s (%s, node limit %d): %s in %.2f s (time %s s, peak %s, bound %s)",
+            "autoremat: MILP %s (%s, node limit %d): %s in %.2f s, %d round(s) "
+            "(time %s s, peak %s, bound %s)",
             objective.get("minimise", "time"),
             "linear relaxation" if relaxation else result.restricted or "whole",
             node_limit,
             result.status,
             result.solve_seconds,
+            result.rounds,
             result.time_s,
             result.peak_bytes,
             result.bound,
