@@ -99,6 +99,46 @@ def test_restricted_least_peak_matches_brute_force_over_the_restriction(case, la
     assert least <= result.peak_bytes <= least * (1 + MIP_REL_GAP) + 1
 
 
+@settings(deadline=None)
+@given(restricted_problems(), st.floats(0.0, 1.2), st.data())
+def test_tied_recomputations_find_the_fastest_plan_that_recomputes_alike(case, cap_fraction, data):
+    """With recompute decisions tied too (``BlockRestriction.interior``), the answer is a plan of the
+    restriction that fits the cap, and no plan that recomputes alike within each group (what the tie
+    is exact for) is faster beyond the gap: the program may also recompute more than a plan needs,
+    so it finds at least those."""
+    problem, tied, choices = case
+    order = data.draw(st.permutations(range(problem.n)))
+    groups = [tuple(order[i : i + 2]) for i in range(0, len(order) - 1, 2)]
+    plans = [(t, p, s) for t, p, s in enumerate_plans(problem) if _respects(s, tied, choices)]
+    assume(plans)
+    peaks = sorted(p for _, p, _ in plans)
+    cap = int(peaks[0] + cap_fraction * (peaks[-1] - peaks[0]))
+
+    def alike(saved: set[int]) -> bool:
+        flags = problem.recomputed_by(saved)
+        return all(len({flags[v] for v in group}) == 1 for group in groups)
+
+    fitting_alike = [t for t, p, s in plans if p <= cap and alike(s)]
+    result = solve_budget(
+        problem, cap_bytes=cap, time_limit=10, tied=tied, choices=choices, tied_recompute=groups
+    )
+    if result.saved is None:
+        assert not fitting_alike
+        return
+    evaluated = {frozenset(saved): (t, p) for t, p, saved in plans}
+    assert result.saved in evaluated, "the answer is not a feasible plan of the restriction"
+    time_s, peak = evaluated[result.saved]
+    assert peak <= cap
+    if fitting_alike:
+        assert time_s <= min(fitting_alike) * (1 + MIP_REL_GAP) + time_tolerance_s(problem)
+
+
+def test_interior_groups_leave_out_the_first_and_last_blocks():
+    restriction = BlockRestriction(((0, 1), (2, 3), (4, 5), (6, 7)))
+    assert restriction.interior == [(2, 4), (3, 5)]
+    assert BlockRestriction(((0, 1), (2, 3), (4, 5))).interior == []
+
+
 def test_patterns_keep_the_first_plans_and_then_the_commonest():
     restriction = BlockRestriction(((0, 1), (2, 3), (4, 5)))
     assert restriction.tied == [(0, 2, 4), (1, 3, 5)]

@@ -73,6 +73,21 @@ class BlockRestriction:
         """One group per place: its candidates in every block."""
         return self.chunked(1)
 
+    @property
+    def interior(self) -> list[tuple[int, ...]]:
+        """One group per place: its candidates in every block but the first and the last, for
+        ``solve_budget(tied_recompute=...)`` next to ``tied``. With the saves tied, the least
+        recompute set is the same in each interior block, whose neighbours are blocks alike (the
+        first and last border the embedding and the loss head, which may need a value recomputed in
+        that block alone), so tying it spares HiGHS the copies of one block's recompute rows (its
+        presolve drops rows that became duplicates): 57 GPT layers, 1.6 -> 0.7 s at budget 1.0; 114
+        layers, 4.6 -> 1.4 s. Where the candidates outside places are saved unlike in two interior
+        blocks, it is a further restriction; the all-tied answers it serves prove nothing anyway."""
+        copies = len(self.members)
+        if copies < 4:
+            return []
+        return [tuple(self.members[k][j] for k in range(1, copies - 1)) for j in range(len(self.members[0]))]
+
     def chunked(self, chunks: int) -> list[tuple[int, ...]]:
         """One group per place and run of consecutive blocks: the blocks split into ``chunks`` runs
         before the last block, which is a run of its own (its backward runs first, while every

@@ -226,6 +226,7 @@ def solve_budget(
     choices: Iterable[Choice] = (),
     relaxation: bool = False,
     lazy_rows: bool = False,
+    tied_recompute: Iterable[Sequence[int]] = (),
 ) -> MilpResult:
     """Minimum recompute time with model peak <= ``cap_bytes`` (``minimise="time"``), or the least
     model peak (``minimise="peak"``, cap optional). ``exclude`` lists saved sets the answer must differ
@@ -243,12 +244,15 @@ def solve_budget(
     of a GPT it is within 0.5-0.9% of the best plan found, at 12 layers 7-17%.
 
     ``lazy_rows`` adds the peak rows in rounds (module docstring): the same answer's proof, for a
-    program with few decisions on a long schedule; ``rounds`` says how many programs it took."""
+    program with few decisions on a long schedule; ``rounds`` says how many programs it took.
+    ``tied_recompute`` groups candidates recomputed all or none (``block_milp.BlockRestriction.
+    interior``): a further restriction, unless the groups' recomputations are alike anyway."""
     if minimise not in ("time", "peak"):
         raise ValueError(f"minimise={minimise!r} is invalid: expected 'time' or 'peak'")
     start = time.perf_counter()
     tied, choices, exclude = list(tied), list(choices), list(exclude)
-    restricted = "mixed" if choices else "tied" if tied else None
+    tied_recompute = list(tied_recompute)
+    restricted = "mixed" if choices else "tied" if tied or tied_recompute else None
     p = problem
     # peak in units of the largest base so both objectives are O(1) per unit of their own
     peak_unit = float(max([1, *p.bwd_base, *p.fwd_base, *p.group_bytes]))
@@ -257,7 +261,9 @@ def solve_budget(
     rounds = 0
     while True:
         rounds += 1
-        prog, cols = _program(p, cap_bytes, minimise, exclude, tied, choices, positions, peak_unit, time_unit)
+        prog, cols = _program(
+            p, cap_bytes, minimise, exclude, (tied, tied_recompute, choices), positions, peak_unit, time_unit
+        )
         binaries = sum(prog.integer)
         if relaxation:
             prog.integer = [0] * len(prog.integer)
@@ -337,8 +343,7 @@ def _program(
     cap_bytes: int | None,
     minimise: str,
     exclude: list[frozenset[int]],
-    tied: list[Sequence[int]],
-    choices: list[Choice],
+    restriction: tuple[list[Sequence[int]], list[Sequence[int]], list[Choice]],
     positions: _Positions | None,
     peak_unit: float,
     time_unit: float,
@@ -355,7 +360,7 @@ def _program(
     # memory is expressed in units of peak_unit so every coefficient is O(1) for HiGHS' tolerances
     peak = prog.var(0, math.inf if cap_bytes is None else cap_bytes / peak_unit, cost=peak_w)
 
-    _restrict(prog, p, save, tied, choices)
+    _restrict(prog, p, save, recompute, *restriction)
     for v in p.needed:
         prog.row({save[v]: 1, recompute[v]: 1}, 1, math.inf)
     for v in range(p.n):
@@ -442,13 +447,16 @@ def _restrict(
     prog: _Program,
     p: BudgetProblem,
     save: list[int],
+    recompute: list[int],
     tied: Iterable[Sequence[int]],
+    tied_recompute: Iterable[Sequence[int]],
     choices: Iterable[Choice],
 ) -> None:
-    for group in tied:
-        first, *rest = group
-        for v in rest:
-            prog.row({save[v]: 1.0, save[first]: -1.0}, 0, 0)
+    for columns, groups in ((save, tied), (recompute, tied_recompute)):
+        for group in groups:
+            first, *rest = group
+            for v in rest:
+                prog.row({columns[v]: 1.0, columns[first]: -1.0}, 0, 0)
     for choice in choices:
         allowed = [
             pattern for pattern in choice.patterns if all(p.can_save[choice.members[j]] for j in pattern)

@@ -151,7 +151,14 @@ class MilpSolver:
             result = self._solve(ctx, built.problem, **objective)
             return [result] if result.saved is not None else []
         if tie:  # one block's decisions on the whole schedule: its rows are most of the work
-            tied = self._solve(ctx, built.problem, tied=restriction.tied, lazy_rows=True, **objective)
+            tied = self._solve(
+                ctx,
+                built.problem,
+                tied=restriction.tied,
+                tied_recompute=restriction.interior,
+                lazy_rows=True,
+                **objective,
+            )
             return ranked_tied(tied, objective)
         index = {n: i for i, n in enumerate(built.nodes)}
         pooled = [[index[n] for n in c.cut.saved if n in index] for c in ctx.pool.plans.values()]
