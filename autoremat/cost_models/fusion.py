@@ -49,35 +49,57 @@ def recompute_time(
     recomputed: Collection[fx.Node],
     costs: dict[fx.Node, NodeCost],
     spec: DeviceSpec,
+    memo: dict[tuple[fx.Node, tuple[bool, ...]], Expr] | None = None,
 ) -> Expr:
     """Predicted extra backward time of recomputing ``recomputed`` (an expression in size symbols)."""
-    return sum(recompute_times(recomputed, costs, spec).values(), ZERO)
+    return sum(recompute_times(recomputed, costs, spec, memo).values(), ZERO)
 
 
 def recompute_times(
     recomputed: Collection[fx.Node],
     costs: dict[fx.Node, NodeCost],
     spec: DeviceSpec,
+    memo: dict[tuple[fx.Node, tuple[bool, ...]], Expr] | None = None,
 ) -> dict[fx.Node, Expr]:
     """Each recomputed node's marginal share of the extra backward time, in the order given (sums of
-    floats depend on their order: a set's order would make tied plans win by memory address)."""
+    floats depend on their order: a set's order would make tied plans win by memory address).
+
+    A node's share depends only on which of its inputs are computed in its kernel; ``memo`` keeps
+    it by that, for one graph, ``costs`` and ``spec`` (a search costs thousands of nodes per plan,
+    most of them as in the plan before, and each share is a few sympy operations)."""
     recomputed = dict.fromkeys(recomputed)
+    memo = {} if memo is None else memo
     times: dict[fx.Node, Expr] = {}
     for node in recomputed:
         cost = costs[node]
-        if cost.op_class not in FUSIBLE:
-            times[node] = cost.standalone_s(spec)
-            continue
-        read: Expr = ZERO
-        for arg in node.all_input_nodes:
-            in_kernel = arg in recomputed and fuses(costs[arg].op_class, cost.op_class)
-            val = arg.meta.get("val")
-            if not in_kernel and hasattr(val, "dtype") and hasattr(val, "shape"):
-                read += tensor_bytes(val)
-        times[node] = cost.fused_s(spec, read)
-        if any(not fuses(cost.op_class, costs[u].op_class) for u in node.users if u.op != "output"):
-            times[node] += sympy.Float(spec.launch_s) + cost.bytes_written / sympy.Float(spec.bandwidth)
+        fusible = cost.op_class in FUSIBLE
+        args = node.all_input_nodes if fusible else ()
+        in_kernel = tuple(arg in recomputed and fuses(costs[arg].op_class, cost.op_class) for arg in args)
+        key = (node, in_kernel)
+        if key not in memo:
+            memo[key] = _share(node, cost, spec, in_kernel, costs) if fusible else cost.standalone_s(spec)
+        times[node] = memo[key]
     return times
+
+
+def _share(
+    node: fx.Node,
+    cost: NodeCost,
+    spec: DeviceSpec,
+    in_kernel: tuple[bool, ...],
+    costs: dict[fx.Node, NodeCost],
+) -> Expr:
+    """A fusible recomputed node's time: reading its inputs from outside its kernel, and writing its
+    output where a backward consumer cannot fuse with it."""
+    read: Expr = ZERO
+    for arg, fused in zip(node.all_input_nodes, in_kernel, strict=True):
+        val = arg.meta.get("val")
+        if not fused and hasattr(val, "dtype") and hasattr(val, "shape"):
+            read += tensor_bytes(val)
+    share = cost.fused_s(spec, read)
+    if any(not fuses(cost.op_class, costs[u].op_class) for u in node.users if u.op != "output"):
+        share += sympy.Float(spec.launch_s) + cost.bytes_written / sympy.Float(spec.bandwidth)
+    return share
 
 
 def kernels(nodes: Collection[fx.Node], costs: dict[fx.Node, NodeCost]) -> list[list[fx.Node]]:

@@ -71,6 +71,8 @@ class GraphCosts:
     costs: dict[fx.Node, NodeCost]
     hints: dict[sympy.Symbol, int] = field(default_factory=dict)
     _linear_cache: dict[frozenset[fx.Node], dict[fx.Node, Expr]] = field(default_factory=dict, repr=False)
+    #: each node's recompute share by which of its inputs share its kernel (``fusion.recompute_times``)
+    _share_memo: dict[tuple[fx.Node, tuple[bool, ...]], Expr] = field(default_factory=dict, repr=False)
 
     def value(self, expr: Expr) -> float:
         return hint(expr, self.hints)
@@ -89,10 +91,10 @@ class GraphCosts:
         return compute <= memory
 
     def recompute_time(self, recomputed: Collection[fx.Node]) -> Expr:
-        return recompute_time(recomputed, self.costs, self.spec)
+        return recompute_time(recomputed, self.costs, self.spec, self._share_memo)
 
     def recompute_times(self, recomputed: Collection[fx.Node]) -> dict[fx.Node, Expr]:
-        return recompute_times(recomputed, self.costs, self.spec)
+        return recompute_times(recomputed, self.costs, self.spec, self._share_memo)
 
     def linear_recompute_times(self, nodes: Collection[fx.Node]) -> dict[fx.Node, Expr]:
         """Per-node recompute times assuming all of ``nodes`` are recomputed together (each fusible

@@ -137,13 +137,24 @@ def _with_layouts(args: Sequence[object], layouts: Sequence[compat.TensorLayout 
     return values
 
 
+#: the kernels with a rule below
+_SCRATCH_TARGETS = (
+    aten.convolution.default,
+    aten.convolution_backward.default,
+    aten._scaled_dot_product_flash_attention_for_cpu.default,
+    aten._scaled_dot_product_flash_attention_for_cpu_backward.default,
+)
+
+
 def workspace_bytes(node: fx.Node, layouts: Sequence[compat.TensorLayout | None] = ()) -> int:
     """Transient scratch bytes ``node``'s kernel allocates on top of its outputs (0 when unknown).
 
     ``layouts``: the (size, stride) each tensor argument really has when the kernel runs, where a
     compiler lays it out otherwise than the FX metadata (Inductor: channels-last convolutions);
     empty to trust the metadata."""
-    if node.op != "call_function" or _device(node) != "cpu":
+    if node.op != "call_function" or not any(node.target is t for t in _SCRATCH_TARGETS):
+        return 0  # the liveness model asks for every node, and almost none has a rule
+    if _device(node) != "cpu":
         return 0
     target, args = node.target, _with_layouts(node.args, layouts)
     if target is aten.convolution.default:
