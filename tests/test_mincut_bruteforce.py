@@ -119,3 +119,52 @@ def test_min_cut_is_feasible_and_saves_the_fewest_bytes_of_any_feasible_set(spec
     cut = solve_min_cut(analysis, RecomputeRules(classes=classes))
     assert oracle.feasible(set(cut.saved))
     assert cut.cut_bytes == brute_force_min_bytes(analysis, oracle)
+
+
+def _plain_network_cut(analysis: JointGraphAnalysis, rules: RecomputeRules) -> set[fx.Node]:
+    """The cut of the node-split network as the module docstring states it, every vertex its own
+    (``mincut.build_flow_network`` merges those tied to the source or sink by infinite edges)."""
+    import networkx as nx
+
+    from autoremat.passes import mincut
+
+    net = mincut.build_flow_network(analysis, rules)  # only for its capacities
+    plain = nx.DiGraph()
+    for node, facts in analysis.facts.items():
+        v_in, v_out = f"{node.name}_in", f"{node.name}_out"
+        if node in analysis.tangent_closure:
+            plain.add_edge(v_in, "sink")
+            continue
+        if node in analysis.tangent_free_grads:
+            plain.add_edge(v_out, "sink")
+        if facts.must_recompute:
+            plain.add_edge(v_in, "sink")
+        elif node.op == "placeholder" or (analysis.is_forward(node) and not rules.allows(analysis, node)):
+            plain.add_edge("source", v_in)
+        save_edge = next(data for _, _, data in net.in_edges(v_out, data=True))
+        plain.add_edge(v_in, v_out, **save_edge)
+        for user in node.users:
+            if user.op != "output":
+                plain.add_edge(v_out, f"{user.name}_in")
+    _, (reachable, _) = nx.minimum_cut(plain, "source", "sink")
+    return {
+        n
+        for n in analysis.facts
+        if f"{n.name}_in" in reachable and f"{n.name}_out" in plain and f"{n.name}_out" not in reachable
+    }
+
+
+@given(spec=model_specs(max_steps=3, allow_dropout=True), seed=st.integers(0, 1000), relaxed=st.booleans())
+def test_the_merged_flow_network_cuts_where_the_plain_one_does(spec, seed, relaxed):
+    """Merging the vertices an infinite edge ties to the source or the sink changes no cut: the
+    saved set, tie-breaks included, is the plain node-split network's (solved by networkx's default
+    max-flow)."""
+    torch.manual_seed(seed)
+    joint = capture_joint(RandomModel(spec), torch.randn(spec.batch, spec.seq, spec.dim, requires_grad=True))
+    analysis = analyse(
+        joint.gm.graph,
+        num_fwd_outputs=joint.num_fwd_outputs,
+        static_lifetime_input_indices=joint.static_lifetime_input_indices,
+    )
+    rules = RecomputeRules(classes=RECOMPUTABLE if relaxed else CHEAP)
+    assert set(solve_min_cut(analysis, rules).saved) == _plain_network_cut(analysis, rules)

@@ -109,13 +109,10 @@ def solve_min_cut(analysis: JointGraphAnalysis, rules: RecomputeRules | None = N
         _, (reachable, _) = nx.minimum_cut(net, _SOURCE, _SINK, flow_func=boykov_kolmogorov)
     except nx.NetworkXUnbounded as exc:
         raise InfeasibleCut(_explain_infinite_path(net)) from exc
-    # a node pinned to the forward has no ``v_in``: it is the source, on the source side
     saved = [
         node
         for node in analysis.facts
-        if _out(node) in net
-        and _out(node) not in reachable
-        and (_in(node) in reachable or _in(node) not in net)
+        if _out(node) in net and _out(node) not in reachable and _on_forward_side(node, net, reachable)
     ]
     saved.sort(key=analysis.order.__getitem__)
     return CutResult(tuple(saved), sum(analysis.facts[n].save_bytes for n in saved))
