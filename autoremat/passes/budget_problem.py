@@ -13,7 +13,7 @@ last backward use; a recomputed value adds its bytes over its backward interval 
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 #: position value meaning "never used in the backward"
@@ -88,34 +88,53 @@ class BudgetProblem:
 def modelled_forward(problem: BudgetProblem, saved: set[int]) -> list[int]:
     """Modelled live bytes at each forward position: a saved storage is kept after its last forward
     use; the end of the forward also holds the backward-only values computed there to be saved."""
+    groups = {problem.group[v] for v in saved}
+    keep = [1 if g in groups else 0 for g in range(len(problem.group_bytes))]
+    return weighted_forward(problem, keep, [1 if v in saved else 0 for v in range(problem.n)])
+
+
+def modelled_backward(problem: BudgetProblem, saved: set[int]) -> list[int]:
+    """Modelled live bytes at each backward position (difference array: O(nodes + positions))."""
+    groups = {problem.group[v] for v in saved}
+    keep = [1 if g in groups else 0 for g in range(len(problem.group_bytes))]
+    return weighted_backward(problem, keep, [int(flag) for flag in problem.recomputed_by(saved)])
+
+
+def weighted_forward(problem: BudgetProblem, keep: Sequence[float], save: Sequence[float]) -> list:
+    """The forward profile with each storage group kept to the extent ``keep[g]`` and each candidate
+    saved to ``save[v]``: 0/1 for a plan, the program's values for a linear relaxation (``milp.py``
+    checks lazily built programs against every position with it)."""
     positions = len(problem.fwd_base)
     delta = [0] * (positions + 1)
-    for g in {problem.group[v] for v in saved}:
-        delta[min(problem.fwd_release[g] + 1, positions)] += problem.group_bytes[g]
+    for g, weight in enumerate(keep):
+        if weight:
+            delta[min(problem.fwd_release[g] + 1, positions)] += problem.group_bytes[g] * weight
     profile, running = [], 0
     for t, base in enumerate(problem.fwd_base):
         running += delta[t]
         profile.append(base + running)
     if profile and problem.save_extra_end:
-        profile[-1] += sum(problem.save_extra_end[v] for v in saved)
+        profile[-1] += sum(extra * save[v] for v, extra in enumerate(problem.save_extra_end) if save[v])
     return profile
 
 
-def modelled_backward(problem: BudgetProblem, saved: set[int]) -> list[int]:
-    """Modelled live bytes at each backward position (difference array: O(nodes + positions))."""
+def weighted_backward(problem: BudgetProblem, keep: Sequence[float], recompute: Sequence[float]) -> list:
+    """The backward profile with each storage group kept to the extent ``keep[g]`` (live until its last
+    backward use) and each candidate recomputed to ``recompute[v]`` (live over its interval)."""
     positions = len(problem.bwd_base)
     delta = [0] * (positions + 1)
 
-    def charge(start: int, end: int, nbytes: int) -> None:
+    def charge(start: int, end: int, nbytes: float) -> None:
         if nbytes and start != UNUSED and end >= start:
             delta[start] += nbytes
             delta[min(end, positions - 1) + 1] -= nbytes
 
-    for g in {problem.group[v] for v in saved}:
-        charge(0, problem.save_last[g], problem.group_bytes[g])
-    for v, flag in enumerate(problem.recomputed_by(saved)):
-        if flag:
-            charge(problem.first[v], problem.last[v], problem.recompute_bytes[v])
+    for g, weight in enumerate(keep):
+        if weight:
+            charge(0, problem.save_last[g], problem.group_bytes[g] * weight)
+    for v, weight in enumerate(recompute):
+        if weight:
+            charge(problem.first[v], problem.last[v], problem.recompute_bytes[v] * weight)
     profile, running = [], 0
     for t, base in enumerate(problem.bwd_base):
         running += delta[t]

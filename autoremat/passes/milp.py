@@ -38,7 +38,7 @@ import numpy as np
 from scipy.optimize import Bounds, LinearConstraint, milp
 from scipy.sparse import coo_array
 
-from autoremat.passes.budget_problem import UNUSED, BudgetProblem
+from autoremat.passes.budget_problem import UNUSED, BudgetProblem, weighted_backward, weighted_forward
 
 log = logging.getLogger("autoremat")
 
@@ -271,7 +271,9 @@ def solve_budget(
         if positions is None or res.x is None:
             break  # every row was in the program, or a relaxation of it has no solution: neither has it
         limit = res.x[cols.peak] * peak_unit * (1 + _PEAK_TOLERANCE)
-        if not positions.add_exceeded(*_live_bytes(p, res.x, cols), limit):
+        keep, save = [res.x[c] for c in cols.keep], [res.x[c] for c in cols.save]
+        live = weighted_forward(p, keep, save), weighted_backward(p, keep, [res.x[c] for c in cols.recompute])
+        if not positions.add_exceeded(*live, limit):
             break  # within the program's peak at every position: the full program's answer
         if rounds >= MAX_ROW_ROUNDS:
             positions = None
@@ -400,31 +402,6 @@ class _Positions:
             kept.update(t for _, t in over[:ROWS_PER_ROUND])
             added = added or bool(over)
         return added
-
-
-def _live_bytes(p: BudgetProblem, x: Any, cols: _Columns) -> tuple[list[float], list[float]]:
-    """The bytes every memory row of the full program puts at each forward and backward position for
-    the program's values ``x`` (fractional in a relaxation): what its peak variable must cover."""
-    forward = [0.0] * (len(p.fwd_base) + 1)
-    for g, t in enumerate(p.fwd_release):
-        forward[min(t + 1, len(p.fwd_base))] += p.group_bytes[g] * x[cols.keep[g]]
-    backward = [0.0] * (len(p.bwd_base) + 1)
-
-    def charge(start: int, end: int, nbytes: float) -> None:
-        backward[start] += nbytes
-        backward[min(end, len(p.bwd_base) - 1) + 1] -= nbytes
-
-    for g, t in enumerate(p.save_last):
-        if t != UNUSED:
-            charge(0, t, p.group_bytes[g] * x[cols.keep[g]])
-    for v in range(p.n):
-        if p.first[v] != UNUSED and p.recompute_bytes[v] > 0 and p.can_recompute[v]:
-            charge(p.first[v], p.last[v], p.recompute_bytes[v] * x[cols.recompute[v]])
-    fwd = list(np.cumsum(forward[:-1]) + np.asarray(p.fwd_base, dtype=float))
-    if fwd and p.save_extra_end:
-        fwd[-1] += sum(extra * x[cols.save[v]] for v, extra in enumerate(p.save_extra_end) if extra)
-    bwd = list(np.cumsum(backward[:-1]) + np.asarray(p.bwd_base, dtype=float)) if p.bwd_base else []
-    return fwd, bwd
 
 
 def _peak_ceiling(p: BudgetProblem) -> float:
