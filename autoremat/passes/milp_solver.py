@@ -7,7 +7,8 @@ recompute bursts), so:
 - for the least peak, each answer becomes the next reference, so the next solve cannot exploit the
   same modelling error;
 - for a cap, a proposal the simulation rejects is followed by a solve with the cap lowered by the
-  model's shortfall (the model's error is similar for neighbouring plans).
+  model's shortfall (the model's error is similar for neighbouring plans); on a big graph, a second
+  rejection is repaired (``repair.py``) rather than solved at a third, tighter cap.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from autoremat.passes.cut import CutResult
 from autoremat.passes.milp import MilpResult, solve_budget
 from autoremat.passes.pool import Candidate, complete_saved
 from autoremat.passes.problem_builder import BuiltProblem, build_problem
+from autoremat.passes.repair import certified_gap, repair
 from autoremat.passes.solver import SearchContext
 
 log = logging.getLogger("autoremat")
@@ -71,7 +73,7 @@ class MilpSolver:
                 if not results:
                     break
                 result = results[0]
-                cut = _cut(ctx, built, result)
+                cut = _cut(ctx, built, result.saved or ())
                 known = cut in ctx.pool
                 candidate = ctx.pool.add(cut, self.name, result.gap)
                 log.debug(
@@ -100,7 +102,8 @@ class MilpSolver:
         until the simulation accepts the proposal."""
         fitting = ctx.pool.fastest_within(cap_bytes) or ctx.least or ctx.pool.least()
         references: list[CutResult] = list({c.saved: c for c in (fitting.cut, ctx.high)}.values())
-        if self._restriction(ctx, self._built(ctx, ctx.high.saved)) is not None:
+        big = self._restriction(ctx, self._built(ctx, ctx.high.saved)) is not None
+        if big:
             # a big graph, where each solve costs seconds: the target only, one reference
             if ctx.grid:
                 return
@@ -109,14 +112,18 @@ class MilpSolver:
             built = self._built(ctx, start.saved)
             cap = cap_bytes
             bound: list[float | None] = []
-            for _ in range(MAX_SOLVES_PER_REFERENCE):
+            at_target: float | None = None  # the lower bound proven at the target itself
+            for solves in range(MAX_SOLVES_PER_REFERENCE):
                 if ctx.deadline.left() <= 0:
                     return
                 results = self._solve_all(ctx, built, bound=bound, cap_bytes=cap)
                 if not results:
                     log.debug("autoremat: MILP found no plan at cap=%d", cap)
                     break
-                lowest = min((self._pool(ctx, built, r) for r in results), key=lambda c: (c.peak, c.time_s))
+                if solves == 0:
+                    at_target = bound[0] if bound else None
+                answers = [(self._pool(ctx, built, r), r) for r in results]
+                lowest, answer = min(answers, key=lambda a: (a[0].peak, a[0].time_s))
                 log.debug(
                     "autoremat: MILP cap=%d simulated=%d target=%d time=%.3g s",
                     cap,
@@ -126,12 +133,45 @@ class MilpSolver:
                 )
                 if lowest.peak <= cap_bytes:
                     break
+                # on a big graph, once a solve at a lowered cap missed too (by little: the cap was
+                # lowered by the first miss), a few simulations replace the costliest solve, the
+                # one at the tightest cap (``repair.py``)
+                if (
+                    big
+                    and solves > 0
+                    and answer.saved is not None
+                    and self._repair(ctx, built, answer.saved, cap_bytes, at_target)
+                ):
+                    break
                 cap -= lowest.peak - cap_bytes + int(cap_bytes * CAP_MARGIN)
                 if cap <= 0:
                     break
 
+    def _repair(
+        self,
+        ctx: SearchContext,
+        built: BuiltProblem,
+        saved: frozenset[int],
+        cap_bytes: int,
+        bound: float | None,
+    ) -> bool:
+        """Whether ``repair.repair`` made the plan ``saved`` fit ``cap_bytes`` (every plan it
+        simulated is in the pool, certified against ``bound``, proven at ``cap_bytes``)."""
+
+        def excess(plan: frozenset[int]) -> int:
+            gap = certified_gap(built.problem, plan, cap_bytes, bound)
+            candidate = ctx.pool.add(_cut(ctx, built, plan), self.name, gap)
+            return candidate.peak - cap_bytes
+
+        repaired = repair(built.problem, saved, excess)
+        ctx.stats["milp_repairs"] = ctx.stats.get("milp_repairs", 0) + 1
+        log.debug(
+            "autoremat: repair of a rejected MILP plan %s", "fits" if repaired is not None else "failed"
+        )
+        return repaired is not None
+
     def _pool(self, ctx: SearchContext, built: BuiltProblem, result: MilpResult) -> Candidate:
-        return ctx.pool.add(_cut(ctx, built, result), self.name, result.gap)
+        return ctx.pool.add(_cut(ctx, built, result.saved or ()), self.name, result.gap)
 
     def _solve_all(
         self,
@@ -215,5 +255,5 @@ class MilpSolver:
         return result
 
 
-def _cut(ctx: SearchContext, built: BuiltProblem, result: MilpResult) -> CutResult:
-    return complete_saved(ctx.analysis, (built.nodes[i] for i in result.saved or ()))
+def _cut(ctx: SearchContext, built: BuiltProblem, saved: Iterable[int]) -> CutResult:
+    return complete_saved(ctx.analysis, (built.nodes[i] for i in saved))
