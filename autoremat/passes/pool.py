@@ -85,6 +85,15 @@ class Pool:
         self.plans[cut.saved] = candidate
         return candidate
 
+    def known(self, cut: CutResult) -> Candidate | None:
+        """The plan ``cut`` if it was simulated already."""
+        return self.plans.get(cut.saved)
+
+    def adopt(self, candidate: Candidate) -> Candidate:
+        """A plan simulated by another pool with the same models (a solver's trials, kept apart
+        until it decides to offer them), kept as it is; a plan already here stays as it was."""
+        return self.plans.setdefault(candidate.cut.saved, candidate)
+
     def __contains__(self, cut: CutResult) -> bool:
         return cut.saved in self.plans
 

@@ -9,8 +9,9 @@ the cap lowered twice), and a lowered cap overshoots the other way: the plan dro
 The shortfall is usually a few storages' worth (a 0.03-3% overshoot), and releasing that many bytes
 of saved values live at the peak costs little recompute, so a few simulations replace a solve.
 
-The repair is a heuristic: it proves nothing by itself. Its plan is certified like any other against
-a lower bound the caller proved for the program at the target (``certified_gap``).
+The repair is a heuristic: it proves nothing by itself. Its plan is certified against the lower
+bounds the caller proved for the program at the caps it solved (``certified_gap``), as an answer
+of those solves would be.
 """
 
 from __future__ import annotations
@@ -148,13 +149,16 @@ def _cover(ranking: list[Release], nbytes: int) -> list[Release]:
 
 
 def certified_gap(
-    problem: BudgetProblem, saved: Iterable[int], cap_bytes: int, bound: float | None
+    problem: BudgetProblem, saved: Iterable[int], proven: Iterable[tuple[int, float | None]]
 ) -> float | None:
-    """The relative gap of the plan ``saved`` against ``bound``, a lower bound on the recompute time
-    of every plan the program allows at ``cap_bytes``; None when the plan's model peak is above that
-    cap (the bound does not cover it) or no bound is known."""
+    """The relative gap of the plan ``saved`` against the best of the lower bounds ``proven``, each
+    (cap, bound) on the recompute time of every plan the program allows at that cap, that covers
+    the plan (its model peak within the cap: the plan is one the bound is about); None when none
+    does."""
     chosen = set(saved)
-    if bound is None or problem.peak_bytes(chosen)[0] > cap_bytes:
+    peak = problem.peak_bytes(chosen)[0]
+    bounds = [bound for cap, bound in proven if bound is not None and peak <= cap]
+    if not bounds:
         return None
     seconds = problem.time_s(chosen)
-    return 0.0 if seconds == 0 else max(seconds - bound, 0.0) / seconds
+    return 0.0 if seconds == 0 else max(seconds - max(bounds), 0.0) / seconds
