@@ -113,7 +113,8 @@ class MilpSolver:
             cap = cap_bytes
             bound: list[float | None] = []
             proven: list[tuple[int, float | None]] = []  # (cap, the lower bound proven there)
-            repaired: Candidate | None = None
+            repairs: list[Candidate] = []
+            lowest: Candidate | None = None
             for solves in range(MAX_SOLVES_PER_REFERENCE):
                 if ctx.deadline.left() <= 0:
                     break
@@ -139,15 +140,20 @@ class MilpSolver:
                 # (by little then: the cap was lowered by the first miss), which spares the
                 # costliest solve, the one at the tightest cap
                 if big and answer.saved is not None:
-                    repaired = self._repair(ctx, built, answer.saved, cap_bytes, proven) or repaired
-                    if repaired is not None and (solves > 0 or _within_gap(repaired.gap)):
-                        lowest = repaired
+                    repaired = self._repair(ctx, built, answer.saved, cap_bytes, proven)
+                    repairs += [repaired] if repaired is not None else []
+                    if repairs and (solves > 0 or _within_gap(repairs[-1].gap)):
                         break
                 cap -= lowest.peak - cap_bytes + int(cap_bytes * CAP_MARGIN)
                 if cap <= 0:
                     break
-            if repaired is not None and not _proven_as_fast(lowest, repaired, cap_bytes):
-                ctx.pool.adopt(repaired)
+            proven_fits = [
+                c for c in (lowest, *repairs) if c is not None and c.peak <= cap_bytes and _within_gap(c.gap)
+            ]
+            best = min(proven_fits, key=lambda c: (c.time_s, c.peak), default=None)
+            for repaired in repairs:
+                if best is None or not _proven_as_fast(best, repaired, cap_bytes):
+                    ctx.pool.adopt(repaired)
             if ctx.deadline.left() <= 0:
                 return
 
@@ -271,7 +277,8 @@ def _within_gap(gap: float | None) -> bool:
 
 
 def _proven_as_fast(answer: Candidate, repaired: Candidate, cap_bytes: int) -> bool:
-    """Whether ``answer``, a MILP answer proven within the gap that fits ``cap_bytes``, is within
+    """Whether ``answer``, a plan of the same target's search proven within the MILP's gap that
+    fits ``cap_bytes`` (an answer, or a repair certified against a lowered cap's bound), is within
     that gap of the unproven ``repaired`` plan's time: the time model cannot tell them apart, and
     the proven plan is the one worth choosing (57 GPT layers: a repair 0.6% faster by the model,
     4.2% from its bound, against an answer proven within 0.8%)."""
