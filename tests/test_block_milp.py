@@ -375,3 +375,38 @@ def test_block_reduced_answers_are_within_their_proven_gap_of_the_full_optimum(
                     assert answer.time_s <= optimum * (1 + MIP_REL_GAP) / (1 - MIP_REL_GAP) + tolerance
         if attempt is not None and each == cap:
             assert answers and answers[0].time_s <= optimum * (1 + MIP_REL_GAP) + tolerance
+
+
+@pytest.mark.parametrize("relaxed_bound, whole_tried", [(0.95, True), (0.995, False)])
+def test_a_lower_caps_answer_left_unproven_gets_the_whole_programs_nodes(relaxed_bound, whole_tried):
+    """At a later cap of the same target the patterns' answer (time 1.0) is proven against the
+    carried bound and the relaxation's; when they leave it more than 1% away, the whole program
+    runs ``LATER_ATTEMPT_NODES`` nodes and its bound certifies the answer, else it does not run."""
+    from autoremat.passes.block_milp import LATER_ATTEMPT_NODES
+
+    problem = BudgetProblem(
+        inputs=((), ()), needed=(0, 1), can_save=(True, True), can_recompute=(True, True),
+        cost_s=(1.0, 1.0), recompute_bytes=(0, 0), first=(UNUSED, UNUSED), last=(UNUSED, UNUSED),
+        group=(0, 1), group_bytes=(1, 1), save_last=(0, 0), fwd_release=(0, 0), bwd_base=(0,),
+        fwd_base=(0, 0),
+    )  # fmt: skip
+    restriction = BlockRestriction(((0,), (1,)))
+    calls = []
+
+    def solve(problem, node_limit, **kwargs):
+        calls.append((node_limit, sorted(k for k in kwargs if k in ("choices", "relaxation", "tied"))))
+        result = MilpResult("optimal", frozenset({0}), 1.0, 1, 0.0, 0.0, 0, 0, restricted="mixed")
+        if kwargs.get("relaxation"):
+            return MilpResult("optimal", None, None, None, None, 0.0, 0, 0, bound=relaxed_bound)
+        if "choices" in kwargs:
+            return result
+        return MilpResult("limit-reached", frozenset({1}), 1.002, 1, 0.005, 0.0, 0, 0, bound=0.997)
+
+    carried = [0.9]
+    answers = solve_by_blocks(problem, restriction, solve, carried=carried, cap_bytes=1)
+    whole_calls = [c for c in calls if c[1] == []]
+    assert (whole_calls == [(LATER_ATTEMPT_NODES, [])]) == whole_tried
+    mixed = next(a for a in answers if a.restricted == "mixed")
+    expected_bound = 0.997 if whole_tried else relaxed_bound
+    assert mixed.gap == pytest.approx(1.0 - expected_bound)
+    assert carried == [pytest.approx(expected_bound)], "the best bound is carried to the next cap"
