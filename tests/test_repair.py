@@ -152,7 +152,7 @@ def _gpt_with_misses(monkeypatch, proven: bool):
 
     monkeypatch.setattr(milp_solver, "FULL_PROGRAM_MAX_CANDIDATES", 0)
     if proven:
-        monkeypatch.setattr(milp_solver, "_within_gap", lambda gap: True)
+        monkeypatch.setattr(milp_solver, "within_gap", lambda gap: True)
     solve_all = milp_solver.MilpSolver._solve_all
     caps: list[int] = []
     first: list = []

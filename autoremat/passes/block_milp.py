@@ -31,7 +31,7 @@ import torch.fx as fx
 
 from autoremat.graph.blocks import RepeatedBlocks
 from autoremat.passes.budget_problem import BudgetProblem
-from autoremat.passes.milp import MIP_REL_GAP, Choice, MilpResult
+from autoremat.passes.milp import Choice, MilpResult, relative_gap, within_gap
 
 #: the most patterns a mixed solve offers each block (binaries = blocks x patterns)
 MAX_PATTERNS = 16
@@ -182,15 +182,14 @@ def solve_by_blocks(
         if answer.saved is not None:
             bound = proof(*known)
             ranked = _ranked([answer], bound, objective)
-            proven = ranked[0].gap is not None and ranked[0].gap <= MIP_REL_GAP
-            if proven or full_attempt_nodes is None:
+            if within_gap(ranked[0].gap) or full_attempt_nodes is None:
                 return ranked
             whole = solve(problem, LATER_ATTEMPT_NODES, **objective)
             return _ranked([answer, whole], keep(_best_bound(bound, whole.bound)), objective)
     answers: list[MilpResult] = []
     if full_attempt_nodes is not None:
         whole = solve(problem, full_attempt_nodes, **objective)
-        if whole.saved is not None and whole.gap is not None and whole.gap <= MIP_REL_GAP:
+        if whole.saved is not None and within_gap(whole.gap):
             keep(_best_bound(*known, whole.bound))
             return [whole]
         answers.append(whole)
@@ -225,5 +224,5 @@ def _certified(result: MilpResult, bound: float | None, objective: dict[str, obj
     if value == 0:  # neither objective goes below zero
         gap = 0.0
     elif bound is not None and value is not None:
-        gap = max(value - bound, 0.0) / value
+        gap = relative_gap(value, bound)
     return dataclasses.replace(result, gap=gap)

@@ -91,6 +91,17 @@ class MilpResult:
     rounds: int = 1
 
 
+def within_gap(gap: float | None) -> bool:
+    """Whether ``gap`` is proven and within the gap at which HiGHS stops (``MIP_REL_GAP``)."""
+    return gap is not None and gap <= MIP_REL_GAP
+
+
+def relative_gap(value: float, bound: float) -> float:
+    """How far ``value`` is above the lower ``bound``, relative to it; 0 for a zero value (neither
+    objective goes below zero)."""
+    return 0.0 if value == 0 else max(value - bound, 0.0) / value
+
+
 class _Program:
     """Column/row bookkeeping for one sparse MILP."""
 

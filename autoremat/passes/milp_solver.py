@@ -22,7 +22,7 @@ from autoremat.graph.blocks import RepeatedBlocks, find_repeated_blocks
 from autoremat.passes.block_milp import BlockRestriction, ranked_tied, solve_by_blocks
 from autoremat.passes.budget_problem import BudgetProblem
 from autoremat.passes.cut import CutResult
-from autoremat.passes.milp import MIP_REL_GAP, MilpResult, solve_budget
+from autoremat.passes.milp import MIP_REL_GAP, MilpResult, solve_budget, within_gap
 from autoremat.passes.pool import Candidate, Pool, complete_saved
 from autoremat.passes.problem_builder import BuiltProblem, build_problem
 from autoremat.passes.repair import certified_gap, repair
@@ -142,13 +142,13 @@ class MilpSolver:
                 if big and answer.saved is not None:
                     repaired = self._repair(ctx, built, answer.saved, cap_bytes, proven)
                     repairs += [repaired] if repaired is not None else []
-                    if repairs and (solves > 0 or _within_gap(repairs[-1].gap)):
+                    if repairs and (solves > 0 or within_gap(repairs[-1].gap)):
                         break
                 cap -= lowest.peak - cap_bytes + int(cap_bytes * CAP_MARGIN)
                 if cap <= 0:
                     break
             proven_fits = [
-                c for c in (lowest, *repairs) if c is not None and c.peak <= cap_bytes and _within_gap(c.gap)
+                c for c in (lowest, *repairs) if c is not None and c.peak <= cap_bytes and within_gap(c.gap)
             ]
             best = min(proven_fits, key=lambda c: (c.time_s, c.peak), default=None)
             for repaired in repairs:
@@ -272,10 +272,6 @@ class MilpSolver:
         return result
 
 
-def _within_gap(gap: float | None) -> bool:
-    return gap is not None and gap <= MIP_REL_GAP
-
-
 def _proven_as_fast(answer: Candidate, repaired: Candidate, cap_bytes: int) -> bool:
     """Whether ``answer``, a plan of the same target's search proven within the MILP's gap that
     fits ``cap_bytes`` (an answer, or a repair certified against a lowered cap's bound), is within
@@ -285,8 +281,8 @@ def _proven_as_fast(answer: Candidate, repaired: Candidate, cap_bytes: int) -> b
     return (
         answer is not repaired
         and answer.peak <= cap_bytes
-        and _within_gap(answer.gap)
-        and not _within_gap(repaired.gap)
+        and within_gap(answer.gap)
+        and not within_gap(repaired.gap)
         and repaired.time_s >= answer.time_s * (1 - MIP_REL_GAP)
     )
 
