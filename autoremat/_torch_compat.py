@@ -111,6 +111,9 @@ __all__ = [
     "torch_min_cut_partition",
     "torch_min_cut_partition_without_cse",
     "trace_structured",
+    "arg_tree_leaves",
+    "tree_leaves",
+    "tree_map",
 ]
 
 is_primal = _is_primal
@@ -118,6 +121,10 @@ is_tangent = _is_tangent
 is_fwd_seed_offset = _is_fwd_seed_offset
 is_bwd_seed_offset = _is_bwd_seed_offset
 torch_min_cut_partition = min_cut_rematerialization_partition
+#: pytree helpers (torch has no public pytree module in the versions we support)
+tree_leaves = pytree.tree_leaves
+arg_tree_leaves = pytree.arg_tree_leaves
+tree_map = pytree.tree_map
 
 #: Namespace of functional collectives: never recomputed unless the user tagged them.
 collective_namespace = "_c10d_functional"

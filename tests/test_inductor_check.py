@@ -217,6 +217,84 @@ def test_the_next_lowest_plan_is_checked_only_when_it_could_be_the_least():
     assert (least, high, low) == (plans["next"], 210, 90) and check.checks == 3
 
 
+def test_when_faster_plans_miss_the_checked_target_the_cap_is_corrected_by_their_own_ratio():
+    """The solver's plans for the translated cap missed, and the search settled far below the
+    target. The corrected cap reads the faster miss of least model peak with its own ratio (not the
+    miss closest to the target); no correction when the chosen plan nearly fills the target, when no
+    faster plan missed, or when the cap would not go down."""
+    from types import SimpleNamespace
+
+    from autoremat.passes.search import RECALIBRATE_HEADROOM, _Checked
+
+    def plan(name: str, peak: int, time_s: float) -> Candidate:
+        return Candidate(SimpleNamespace(saved=(name,)), peak, time_s, "test")
+
+    low, near, far, slow_miss = (
+        plan("low", 600, 5.0),
+        plan("near", 1050, 2.0),
+        plan("far", 1200, 1.0),
+        plan("sm", 1100, 9.0),
+    )
+    pool = SimpleNamespace(plans={c.cut.saved: c for c in (low, near, far, slow_miss)})
+    check = ScaledCheck(share=1.0)
+    checked = _Checked(SimpleNamespace(pool=pool), check)
+    for candidate in (low, near, far, slow_miss):
+        check.peak(candidate)
+    cap, span = 1000, 1000
+    # "near" and "far" miss; "near" has the lower model peak, and it is read at its own ratio
+    assert checked.recalibrated_cap(low, cap, span, (600, 1100)) == 1000
+    check.peaks[near.cut.saved], check.peaks[far.cut.saved] = 1102, 1010
+    assert checked.recalibrated_cap(low, cap, span, (600, 1100)) == int(1050 * 1000 / 1102)
+    # the cap only goes down, and stays above the least plan's model peak
+    assert checked.recalibrated_cap(low, cap, span, (600, 900)) is None
+    assert checked.recalibrated_cap(low, cap, span, (960, 1100)) is None
+    # the chosen plan leaves too little of the scale unused
+    check.peaks[low.cut.saved] = cap - int(RECALIBRATE_HEADROOM * span)
+    assert checked.recalibrated_cap(low, cap, span, (0, 1100)) is None
+    # only a slower plan missed: nothing faster to chase
+    check.peaks[low.cut.saved] = 600
+    check.peaks[far.cut.saved] = check.peaks[near.cut.saved] = 900
+    assert checked.recalibrated_cap(low, cap, span, (0, 1100)) is None
+
+
+def test_the_search_proposes_again_for_the_corrected_cap_and_still_fits(monkeypatch):
+    """Plans other than the MILP's check 25 kB below their model peaks (the anchors among them), so
+    the MILP's plans for the translated cap miss; the MILP is asked again below that cap, and the
+    plan chosen fits the checked target and trains like eager."""
+    from autoremat.passes import search
+    from autoremat.passes.milp_solver import MilpSolver
+
+    caps: list[int] = []
+    propose = MilpSolver.propose
+
+    def recording(self, ctx, cap):
+        caps.append(cap)
+        return propose(self, ctx, cap)
+
+    monkeypatch.setattr(MilpSolver, "propose", recording)
+
+    def planned(rounds: int) -> tuple[autoremat.Plan, list[int]]:
+        monkeypatch.setattr(search, "RECALIBRATIONS", rounds)
+        caps.clear()
+        check = ScaledCheck(share=1.0, bonus=25_000, favour=lambda c: c.source != "milp")
+        return _plan(0.5, check, monkeypatch), list(caps)
+
+    rounds = search.RECALIBRATIONS
+    plain, plain_caps = planned(0)
+    plan, corrected_caps = planned(rounds)
+    extra = corrected_caps[len(plain_caps) :]
+    assert (
+        corrected_caps[: len(plain_caps)] == plain_caps
+        and len(extra) == plan.solver_stats["recalibrations"] >= 1
+    )
+    assert all(cap < plain_caps[0] and cap not in plain_caps for cap in extra)
+    assert plan.predicted_peak_bytes <= plan.target_bytes
+    assert (plan.predicted_recompute_s, plan.predicted_peak_bytes) <= (
+        plain.predicted_recompute_s,
+        plain.target_bytes,
+    )
+
+
 def test_a_replayed_forward_calibrates_the_estimate_that_spares_later_forward_replays(monkeypatch):
     """InductorCheck replays a plan's forward only when the backward's checked peak is below the
     forward's estimate: the op-by-op forward peak, less the least overshoot a replay showed."""

@@ -17,9 +17,9 @@ from typing import Any
 import sympy
 import torch
 import torch.fx as fx
-import torch.utils._pytree as pytree
 from torch.utils.flop_counter import flop_registry
 
+from autoremat import _torch_compat as compat
 from autoremat.graph.op_classes import ATTENTION_BACKWARD, ATTENTION_FORWARD, bound_args
 
 aten = torch.ops.aten
@@ -57,7 +57,7 @@ def tensor_bytes(value: torch.Tensor) -> Expr:
 
 
 def output_tensors(node: fx.Node) -> list[torch.Tensor]:
-    return [t for t in pytree.tree_leaves(node.meta.get("val")) if isinstance(t, torch.Tensor)]
+    return [t for t in compat.tree_leaves(node.meta.get("val")) if isinstance(t, torch.Tensor)]
 
 
 def input_tensors(node: fx.Node) -> list[tuple[fx.Node, torch.Tensor]]:
@@ -155,7 +155,7 @@ def _formula_flops(node: fx.Node, formula) -> Expr | None:
     def meta(arg: object) -> object:
         return arg.meta.get("val") if isinstance(arg, fx.Node) else arg
 
-    args, kwargs = pytree.tree_map(meta, (node.args, node.kwargs))
+    args, kwargs = compat.tree_map(meta, (node.args, node.kwargs))
     try:
         return as_expr(formula(*args, out_val=node.meta.get("val"), **kwargs))
     except Exception:  # a formula that rejects these metadata: the caller falls back

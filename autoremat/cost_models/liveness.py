@@ -33,7 +33,6 @@ from dataclasses import dataclass
 
 import torch
 import torch.fx as fx
-import torch.utils._pytree as pytree
 
 from autoremat import _torch_compat as compat
 from autoremat.cost_models.workspace import workspace_bytes
@@ -70,7 +69,7 @@ class PeakReport:
 
 def _outputs(analysis: JointGraphAnalysis) -> tuple[list[fx.Node], list[fx.Node]]:
     output = next(n for n in reversed(analysis.graph.nodes) if n.op == "output")
-    flat = list(pytree.arg_tree_leaves(*output.args))
+    flat = list(compat.arg_tree_leaves(*output.args))
     fwd = [o for o in flat[: analysis.num_fwd_outputs] if isinstance(o, fx.Node)]
     bwd = [o for o in flat[analysis.num_fwd_outputs :] if isinstance(o, fx.Node)]
     return fwd, bwd

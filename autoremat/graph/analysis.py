@@ -17,7 +17,6 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.fx as fx
-import torch.utils._pytree as pytree
 
 from autoremat import _torch_compat as compat
 from autoremat.graph.op_classes import NEVER_RECOMPUTE, OpClass, classify
@@ -186,7 +185,7 @@ def analyse(
     nodes = list(graph.nodes)
     order = {n: i for i, n in enumerate(nodes)}
     output = next(n for n in reversed(nodes) if n.op == "output")
-    outputs = pytree.arg_tree_leaves(*output.args)
+    outputs = compat.arg_tree_leaves(*output.args)
     fwd_outputs = [o for o in outputs[:num_fwd_outputs] if isinstance(o, fx.Node)]
     bwd_outputs = [o for o in outputs[num_fwd_outputs:] if isinstance(o, fx.Node)]
 
