@@ -320,15 +320,19 @@ class _Checked:
         """The fastest plan whose checked peak is within ``cap``: finalists (the pool's time/peak
         frontier) are checked fastest first, skipping those that cannot fit even at the most
         favourable ratio of checked to model peak of the two anchors (the linear estimate between
-        them is rough: on gpt2 at 0.25 it put the plan that fits 1.5% over the cap), until one fits
-        or the checks run out; then the fastest checked plan that fits."""
+        them is rough: on gpt2 at 0.25 it put the plan that fits 1.5% over the cap) and are above
+        ``model_cap`` (a cap the solvers proposed for: after a correction, ``recalibrated_cap``,
+        it comes from a ratio less favourable than the anchors'), until one fits or the checks run
+        out; then the fastest checked plan that fits."""
         if self.check is None:
             return self.ctx.pool.fastest_within(model_cap)
         budget = MAX_FINALIST_CHECKS
         ratio = min(self._ratio(anchor) for anchor in self.anchors) if self.anchors else 1.0
         for candidate in _frontier(self.ctx.pool.plans.values()):
             if self.check is not None and self.check.known(candidate) is None:
-                if budget == 0 or candidate.peak * ratio > cap * ESTIMATE_SLACK:
+                if budget == 0 or (
+                    candidate.peak * ratio > cap * ESTIMATE_SLACK and candidate.peak > model_cap
+                ):
                     continue
                 budget -= 1
             if self.peak(candidate) <= cap:
