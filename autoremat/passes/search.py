@@ -20,7 +20,9 @@ fallback solver proposes for the target. The answer is the fastest pooled plan w
 the predicted peak never exceeds a feasible target. With a check, the least-peak and runtime-optimal
 plans are checked first (they set the scale a fraction is read on, and a byte cap is translated to the
 model's scale through them); the solvers propose for the translated cap, and the fastest finalists are
-checked in order until one fits the target.
+checked in order until one fits the target. When faster plans were checked and missed while the plan
+that fits leaves part of the target unused, the cap is corrected by a missed plan's own checked/model
+ratio and the solvers propose again (``_Checked.recalibrated_cap``, at most ``RECALIBRATIONS`` times).
 """
 
 from __future__ import annotations
@@ -322,8 +324,8 @@ class _Checked:
         favourable ratio of checked to model peak of the two anchors (the linear estimate between
         them is rough: on gpt2 at 0.25 it put the plan that fits 1.5% over the cap) and are above
         ``model_cap`` (a cap the solvers proposed for: after a correction, ``recalibrated_cap``,
-        it comes from a ratio less favourable than the anchors'), until one fits or the checks run
-        out; then the fastest checked plan that fits."""
+        it comes from a missed plan's own ratio, which can be more favourable than the anchors'),
+        until one fits or the checks run out; then the fastest checked plan that fits."""
         if self.check is None:
             return self.ctx.pool.fastest_within(model_cap)
         budget = MAX_FINALIST_CHECKS
