@@ -8,6 +8,7 @@ it pins the search's logic; tests/test_inductor_peak.py runs the real Inductor c
 from __future__ import annotations
 
 from collections.abc import Callable
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -15,6 +16,8 @@ import torch
 import autoremat
 import autoremat.partitioner as partitioner_module
 from autoremat.passes.pool import Candidate
+from autoremat.passes.search import _Checked
+from autoremat.passes.solver import Deadline
 from tests.harness import EAGER_TOL, assert_steps_match, compiled_step, train_step
 from tests.models import Transformer
 
@@ -62,6 +65,17 @@ def _plan(budget, check: ScaledCheck | None, monkeypatch, **kw) -> autoremat.Pla
     assert_steps_match(got, train_step(model, model, inputs), EAGER_TOL)
     (plan,) = autoremat.recent_plans()
     return plan
+
+
+def _candidate(name: str, peak: int, time_s: float) -> Candidate:
+    """A pooled plan stand-in: only its key, model peak and time matter to ``_Checked``."""
+    return Candidate(SimpleNamespace(saved=(name,)), peak, time_s, "test")
+
+
+def _checked_over(plans, check: ScaledCheck) -> _Checked:
+    """``_Checked`` over a pool of exactly ``plans``."""
+    pool = SimpleNamespace(plans={c.cut.saved: c for c in plans})
+    return _Checked(SimpleNamespace(pool=pool, deadline=Deadline(60.0), notes=[]), check)
 
 
 def test_a_fraction_is_read_on_the_checked_peaks(monkeypatch):
@@ -138,22 +152,14 @@ def test_a_failing_check_degrades_to_the_memory_model_with_a_note(monkeypatch):
 def test_a_plan_is_not_optimal_while_a_faster_pooled_plan_fits_or_may():
     """A MILP proof holds for its linearised model: when a faster pooled plan fits the target by
     its check, or was never checked but fits the model's cap, the plan is not optimal."""
-    from types import SimpleNamespace
-
-    from autoremat.passes.search import _Checked
-
-    def plan(name: str, peak: int, time_s: float) -> Candidate:
-        return Candidate(SimpleNamespace(saved=(name,)), peak, time_s, "test")
-
     chosen, fast_fits, fast_big, slow = (
-        plan("c", 90, 2.0),
-        plan("f", 80, 1.0),
-        plan("b", 200, 0.5),
-        plan("s", 10, 3.0),
+        _candidate("c", 90, 2.0),
+        _candidate("f", 80, 1.0),
+        _candidate("b", 200, 0.5),
+        _candidate("s", 10, 3.0),
     )
-    pool = SimpleNamespace(plans={c.cut.saved: c for c in (chosen, fast_fits, fast_big, slow)})
     check = ScaledCheck(share=1.0)
-    checked = _Checked(SimpleNamespace(pool=pool), check)
+    checked = _checked_over((chosen, fast_fits, fast_big, slow), check)
     assert checked.faster_may_fit(
         chosen, cap=100, model_cap=100
     )  # fast_fits: unchecked, within the model cap
@@ -164,19 +170,12 @@ def test_a_plan_is_not_optimal_while_a_faster_pooled_plan_fits_or_may():
 
 
 def test_below_the_least_plans_checked_peak_the_next_lowest_plans_are_checked_before_refusing():
-    from types import SimpleNamespace
+    from autoremat.passes.search import MAX_FINALIST_CHECKS
 
-    from autoremat.passes.search import MAX_FINALIST_CHECKS, _Checked
-    from autoremat.passes.solver import Deadline
-
-    def plan(name: str, peak: int, time_s: float) -> Candidate:
-        return Candidate(SimpleNamespace(saved=(name,)), peak, time_s, "test")
-
-    plans = [plan(str(i), 100 + i, 10.0 - i) for i in range(MAX_FINALIST_CHECKS + 2)]
-    pool = SimpleNamespace(plans={c.cut.saved: c for c in plans})
+    plans = [_candidate(str(i), 100 + i, 10.0 - i) for i in range(MAX_FINALIST_CHECKS + 2)]
     # the model's least plan checks high; only the last one checks low, beyond the allowance
     check = ScaledCheck(share=1.0, bonus=50, favour=lambda c: c is plans[-1])
-    checked = _Checked(SimpleNamespace(pool=pool, deadline=Deadline(60.0), notes=[]), check)
+    checked = _checked_over(plans, check)
     check.peak(plans[0])
     assert checked.lowest_within(cap=90) is None and check.checks == 1 + MAX_FINALIST_CHECKS
     check.favour = lambda c: c is plans[2]
@@ -187,20 +186,14 @@ def test_below_the_least_plans_checked_peak_the_next_lowest_plans_are_checked_be
 
 def _scale_fixture(peaks: dict[str, int]):
     """A runtime-optimal plan and two low plans with the checked peaks ``peaks``; a pool, a check."""
-    from types import SimpleNamespace
-
-    from autoremat.passes.search import _Checked
-    from autoremat.passes.solver import Deadline
-
     plans = {
-        "high": Candidate(SimpleNamespace(saved=("high",)), 300, 1.0, "test"),
-        "least": Candidate(SimpleNamespace(saved=("least",)), 100, 3.0, "test"),
-        "next": Candidate(SimpleNamespace(saved=("next",)), 110, 2.0, "test"),
+        "high": _candidate("high", 300, 1.0),
+        "least": _candidate("least", 100, 3.0),
+        "next": _candidate("next", 110, 2.0),
     }
-    pool = SimpleNamespace(plans={c.cut.saved: c for c in plans.values()})
     check = ScaledCheck(share=1.0)
     check.peak = lambda c: check.peaks.setdefault(c.cut.saved, peaks[c.cut.saved[0]])
-    return plans, check, _Checked(SimpleNamespace(pool=pool, deadline=Deadline(60.0), notes=[]), check)
+    return plans, check, _checked_over(plans.values(), check)
 
 
 def test_the_next_lowest_plan_is_checked_only_when_it_could_be_the_least():
@@ -217,28 +210,22 @@ def test_the_next_lowest_plan_is_checked_only_when_it_could_be_the_least():
     assert (least, high, low) == (plans["next"], 210, 90) and check.checks == 3
 
 
+PLANS_FOR_CORRECTION = (("low", 600, 5.0), ("near", 1050, 2.0), ("far", 1200, 1.0), ("sm", 1100, 9.0))
+
+
 def test_when_faster_plans_miss_the_checked_target_the_cap_is_corrected_by_their_own_ratio():
     """The solver's plans for the translated cap missed, and the search settled far below the
     target. The corrected cap reads the faster miss of least model peak with its own ratio (not the
     miss closest to the target); no correction when the chosen plan nearly fills the target, when no
     faster plan missed, or when the cap would not go down."""
-    from types import SimpleNamespace
+    from autoremat.passes.search import RECALIBRATE_HEADROOM
 
-    from autoremat.passes.search import RECALIBRATE_HEADROOM, _Checked
-
-    def plan(name: str, peak: int, time_s: float) -> Candidate:
-        return Candidate(SimpleNamespace(saved=(name,)), peak, time_s, "test")
-
-    low, near, far, slow_miss = (
-        plan("low", 600, 5.0),
-        plan("near", 1050, 2.0),
-        plan("far", 1200, 1.0),
-        plan("sm", 1100, 9.0),
-    )
-    pool = SimpleNamespace(plans={c.cut.saved: c for c in (low, near, far, slow_miss)})
+    # (name, model peak, predicted time): "far" is the fastest, "sm" slower than "low"
+    plans = {n: _candidate(n, peak, t) for n, peak, t in PLANS_FOR_CORRECTION}
+    low, near, far, slow_miss = plans.values()
     check = ScaledCheck(share=1.0)
-    checked = _Checked(SimpleNamespace(pool=pool), check)
-    for candidate in (low, near, far, slow_miss):
+    checked = _checked_over(plans.values(), check)
+    for candidate in plans.values():
         check.peak(candidate)
     cap, span = 1000, 1000
     # "near" and "far" miss; "near" has the lower model peak, and it is read at its own ratio
@@ -298,7 +285,6 @@ def test_the_search_proposes_again_for_the_corrected_cap_and_still_fits(monkeypa
 def test_a_replayed_forward_calibrates_the_estimate_that_spares_later_forward_replays(monkeypatch):
     """InductorCheck replays a plan's forward only when the backward's checked peak is below the
     forward's estimate: the op-by-op forward peak, less the least overshoot a replay showed."""
-    from types import SimpleNamespace
 
     from autoremat.cost_models.inductor_memory import InductorStepPeak
     from autoremat.passes import inductor_check
