@@ -163,7 +163,8 @@ def solve(
     return result
 
 
-#: the most plans beyond the runtime-optimal and least-peak ones that one search checks
+#: the most plans beyond the runtime-optimal and least-peak ones that one search checks for the
+#: target (each correction round, ``RECALIBRATIONS``, may check as many again)
 MAX_FINALIST_CHECKS = 3
 #: the lowest-peak plans checked for the least one (see ``_Checked.scale``)
 LEAST_CHECKS = 2
@@ -322,19 +323,17 @@ class _Checked:
         """The fastest plan whose checked peak is within ``cap``: finalists (the pool's time/peak
         frontier) are checked fastest first, skipping those that cannot fit even at the most
         favourable ratio of checked to model peak of the two anchors (the linear estimate between
-        them is rough: on gpt2 at 0.25 it put the plan that fits 1.5% over the cap) and are above
-        ``model_cap`` (a cap the solvers proposed for: after a correction, ``recalibrated_cap``,
-        it comes from a missed plan's own ratio, which can be more favourable than the anchors'),
-        until one fits or the checks run out; then the fastest checked plan that fits."""
+        them is rough: on gpt2 at 0.25 it put the plan that fits 1.5% over the cap), until one fits
+        or the checks run out; then the fastest checked plan that fits. (A plan within the
+        translated cap, or a corrected one below it, ``recalibrated_cap``, always passes that test:
+        between the anchors the line's checked/model ratio is at least the lesser anchor's.)"""
         if self.check is None:
             return self.ctx.pool.fastest_within(model_cap)
         budget = MAX_FINALIST_CHECKS
         ratio = min(self._ratio(anchor) for anchor in self.anchors) if self.anchors else 1.0
         for candidate in _frontier(self.ctx.pool.plans.values()):
             if self.check is not None and self.check.known(candidate) is None:
-                if budget == 0 or (
-                    candidate.peak * ratio > cap * ESTIMATE_SLACK and candidate.peak > model_cap
-                ):
+                if budget == 0 or candidate.peak * ratio > cap * ESTIMATE_SLACK:
                     continue
                 budget -= 1
             if self.peak(candidate) <= cap:
@@ -362,7 +361,7 @@ class _Checked:
         misses checked at 0.945-0.968 of their model peaks), and the lowest is the nearest to where
         the next plans will be, the previous round's proposals. The cap must lie strictly
         ``within`` (the least plan's model peak, the last cap proposed for), so the rounds only go
-        down and never repeat a cap."""
+        down."""
         if self.check is None or best is None:
             return None
         best_peak = self.check.known(best)
@@ -377,7 +376,7 @@ class _Checked:
             return None
         known, miss = min(misses, key=lambda m: (m[1].peak, m[0], m[1].time_s))
         lower = int(miss.peak * cap / known)
-        return lower if within[0] < lower < min(miss.peak, within[1]) else None
+        return lower if within[0] < lower < within[1] else None
 
     def faster_may_fit(self, best: Candidate, cap: int, model_cap: int) -> bool:
         """Whether a pooled plan faster than ``best`` fits the target, or may (unchecked but within
@@ -458,19 +457,9 @@ def _search(ctx: SearchContext, target: BudgetTarget, chosen: Solver, checked: _
     ctx.grid = False
     _fall_back_if_needed(ctx, chosen, healthy[chosen.name], model_cap)
     best = checked.fastest_within(cap, model_cap)
-    for _ in range(RECALIBRATIONS):
-        lower = checked.recalibrated_cap(best, cap, high_peak - least_peak, (least.peak, model_cap))
-        if lower is None:
-            break
-        ctx.stats["recalibrations"] = ctx.stats.get("recalibrations", 0) + 1
-        log.debug("autoremat: checked plans missed the target; proposing again at model cap %d", lower)
-        if healthy[chosen.name]:
-            healthy[chosen.name] = _guard(
-                ctx, chosen, "budget", lambda c, lower=lower: chosen.propose(c, lower)
-            )
-        _fall_back_if_needed(ctx, chosen, healthy[chosen.name], lower)
-        model_cap = lower
-        best = checked.fastest_within(cap, model_cap) or best
+    best = _recalibrate(
+        ctx, checked, chosen, healthy, best, cap, high_peak - least_peak, (least.peak, model_cap)
+    )
     if best is None:  # the check failed after the target was set in its units: the model's least
         best = least
     result = _result(ctx, checked, best, cap, least, runtime_optimal)
@@ -479,6 +468,41 @@ def _search(ctx: SearchContext, target: BudgetTarget, chosen: Solver, checked: _
         # it was never checked) shows the plan is not optimal for the budget
         result.status = "within-budget"
     return result
+
+
+def _recalibrate(
+    ctx: SearchContext,
+    checked: _Checked,
+    chosen: Solver,
+    healthy: dict[str, bool],
+    best: Candidate | None,
+    cap: int,
+    span: int,
+    within: tuple[int, int],
+) -> Candidate | None:
+    """``best`` or a faster plan that fits ``cap`` after at most ``RECALIBRATIONS`` proposals for
+    corrected caps (``_Checked.recalibrated_cap``; ``within`` is (least plan's model peak, the
+    translated cap))."""
+    floor, proposed_for = within
+    for _ in range(RECALIBRATIONS):
+        lower = checked.recalibrated_cap(best, cap, span, (floor, proposed_for))
+        if lower is None or (chosen.name == FALLBACK.name and not healthy[chosen.name]):
+            break
+        ctx.stats["recalibrations"] = ctx.stats.get("recalibrations", 0) + 1
+        log.debug("autoremat: checked plans missed the target; proposing again at model cap %d", lower)
+        if healthy[chosen.name]:
+            healthy[chosen.name] = _guard(
+                ctx, chosen, "budget", lambda c, lower=lower: chosen.propose(c, lower)
+            )
+        _fall_back_if_needed(ctx, chosen, healthy[chosen.name], lower)
+        proposed_for = lower
+        found = checked.fastest_within(cap, lower)
+        if checked.check is None:  # the check failed: keep the plan it accepted
+            break
+        # the walk down the frontier can pass a plan that fits and was chosen before (a faster new
+        # plan that missed may have pushed it off the frontier): keep the faster of the two
+        best = min((c for c in (found, best) if c is not None), key=lambda c: (c.time_s, c.peak))
+    return best
 
 
 def _fall_back_if_needed(ctx: SearchContext, chosen: Solver, healthy: bool, model_cap: int) -> None:
