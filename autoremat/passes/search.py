@@ -36,6 +36,7 @@ from typing import Any, Protocol
 from autoremat.cost_models import GraphCosts
 from autoremat.graph.analysis import JointGraphAnalysis, stable_node_keys
 from autoremat.passes.cut import CutResult, RecomputeRules, least_memory_rules
+from autoremat.passes.milp import within_gap
 from autoremat.passes.mincut import solve_min_cut
 from autoremat.passes.pool import Candidate, MemoryModel, Pool, complete_saved
 from autoremat.passes.registry import BASELINE, EXPLORERS, FALLBACK, SOLVERS
@@ -46,8 +47,6 @@ log = logging.getLogger("autoremat")
 
 #: budget fractions also solved for when they are tighter than the user's (see the module docstring)
 GRID_FRACTIONS = (0.75, 0.5, 0.25, 0.1)
-#: a plan is called optimal when its solver proved it within this relative gap (HiGHS' stopping gap)
-OPTIMAL_GAP = 0.01
 
 
 @dataclass(frozen=True)
@@ -592,11 +591,12 @@ def _guard(ctx: SearchContext, solver: Solver, what: str, run: Callable[[SearchC
 
 def _status(best: Candidate, runtime_optimal: Candidate) -> tuple[str, float | None]:
     """ "optimal" only where proven for its objective: the min-cut's own plan at budget 1.0, or a
-    MILP answer within ``OPTIMAL_GAP`` (the search may still demote it: see ``_search``)."""
+    MILP answer proven within HiGHS' stopping gap (``milp.within_gap``; the search may still demote
+    it: see ``_search``)."""
     if best is runtime_optimal and best.source == BASELINE.name:
         return "optimal", 0.0
     if best.gap is not None:
-        return ("optimal" if best.gap <= OPTIMAL_GAP else "within-budget"), best.gap
+        return ("optimal" if within_gap(best.gap) else "within-budget"), best.gap
     return "within-budget", None
 
 
