@@ -54,6 +54,11 @@ def problems(draw) -> BudgetProblem:
     n_groups = max(groups) + 1
     forward_positions = draw(st.integers(1, 4))
     size = st.integers(0, 1000)
+    position = st.integers(0, positions - 1)
+    # recompute bursts: steps of candidates live together before a position, groups released there
+    bursts = draw(st.lists(st.tuples(position, st.sets(st.integers(0, n - 1), max_size=3)), max_size=4))
+    released = draw(st.dictionaries(position, st.sets(st.integers(0, n_groups - 1), max_size=2), max_size=2))
+    burst_base = draw(st.lists(size, min_size=positions, max_size=positions) | st.just([]))
     return BudgetProblem(
         inputs=inputs,
         needed=needed,
@@ -74,6 +79,9 @@ def problems(draw) -> BudgetProblem:
         bwd_base=tuple(draw(st.lists(size, min_size=positions, max_size=positions))),
         fwd_base=tuple(draw(st.lists(size, min_size=forward_positions + 1, max_size=forward_positions + 1))),
         save_extra_end=tuple(draw(st.lists(st.integers(0, 300), min_size=n, max_size=n))),
+        bursts=tuple((t, tuple(sorted(members))) for t, members in bursts),
+        burst_released=tuple((t, tuple(sorted(groups))) for t, groups in sorted(released.items())),
+        burst_base=tuple(burst_base),
     )
 
 

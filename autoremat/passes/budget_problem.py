@@ -7,8 +7,11 @@ candidate input saved or recomputed; some values may not be saved, some not reco
 
 Memory along the schedule (positions of the forward, then of the backward's own nodes): each position
 has a fixed base of live bytes; a saved storage group adds its bytes from its last forward use to its
-last backward use; a recomputed value adds its bytes over its backward interval ``[first, last]``.
-``problem_builder.py`` derives all of it from a joint graph and a reference plan.
+last backward use; a recomputed value adds its bytes over its backward interval ``[first, last]``,
+except the values a *burst* of recomputation (what runs just before one backward node) makes and uses
+up: those are charged step by step within their burst, the position getting the most any step holds
+on top of what is live before that node runs (``bursts``). ``problem_builder.py`` derives all of it
+from a joint graph and a reference plan.
 """
 
 from __future__ import annotations
@@ -33,8 +36,8 @@ class BudgetProblem:
     can_recompute: tuple[bool, ...]
     #: predicted seconds to recompute each candidate
     cost_s: tuple[float, ...]
-    #: bytes a recomputation allocates, live over [first, last] of the backward (for values only other
-    #: recomputations read, first == last: they die within the burst that serves that position)
+    #: bytes a recomputation allocates, live over [first, last] of the backward (UNUSED for values
+    #: charged by ``bursts`` instead, and for values no plan recomputes)
     recompute_bytes: tuple[int, ...]
     first: tuple[int, ...]
     last: tuple[int, ...]
@@ -51,6 +54,16 @@ class BudgetProblem:
     #: extra bytes live at the end of the forward when a value is saved that only the backward reads:
     #: the forward then computes it there, with the backward-only values it needs (charged in full)
     save_extra_end: tuple[int, ...] = ()
+    #: steps of the recompute bursts: (backward position, the candidates whose recomputed bytes are
+    #: live together at one step of the burst before it). A position adds the largest of its steps'
+    #: totals: a chain recomputed for one backward node holds a few of its values at a time, not all
+    bursts: tuple[tuple[int, tuple[int, ...]], ...] = ()
+    #: (backward position, storage groups whose last reader is a recomputation in the burst before
+    #: it): ``save_last`` is the position before; while that burst runs they are live throughout
+    burst_released: tuple[tuple[int, tuple[int, ...]], ...] = ()
+    #: per backward position: bytes of the backward's own values while the burst before it runs (the
+    #: node's outputs do not exist yet); empty: ``bwd_base``
+    burst_base: tuple[int, ...] = ()
 
     @property
     def n(self) -> int:
@@ -120,7 +133,8 @@ def weighted_forward(problem: BudgetProblem, keep: Sequence[float], save: Sequen
 
 def weighted_backward(problem: BudgetProblem, keep: Sequence[float], recompute: Sequence[float]) -> list:
     """The backward profile with each storage group kept to the extent ``keep[g]`` (live until its last
-    backward use) and each candidate recomputed to ``recompute[v]`` (live over its interval)."""
+    backward use) and each candidate recomputed to ``recompute[v]`` (live over its interval, or over
+    its steps of a burst)."""
     positions = len(problem.bwd_base)
     delta = [0] * (positions + 1)
 
@@ -135,8 +149,15 @@ def weighted_backward(problem: BudgetProblem, keep: Sequence[float], recompute: 
     for v, weight in enumerate(recompute):
         if weight:
             charge(problem.first[v], problem.last[v], problem.recompute_bytes[v] * weight)
+    burst: dict[int, float] = {}  # positions with a burst: the most its steps hold
+    for t, members in problem.bursts:
+        step = sum(problem.recompute_bytes[v] * recompute[v] for v in members)
+        burst[t] = max(burst.get(t, 0), step)
+    for t, groups in problem.burst_released:
+        burst[t] = burst.get(t, 0) + sum(problem.group_bytes[g] * keep[g] for g in groups)
+    before = problem.burst_base or problem.bwd_base
     profile, running = [], 0
     for t, base in enumerate(problem.bwd_base):
         running += delta[t]
-        profile.append(base + running)
+        profile.append(max(base, before[t] + burst[t]) + running if t in burst else base + running)
     return profile

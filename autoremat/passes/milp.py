@@ -470,7 +470,9 @@ def _backward_rows(
     kept: Sequence[int] | None,
 ) -> None:
     """Peak rows at the backward positions ``kept`` (ascending; None: all), over running sums of the
-    saved and the recomputed bytes live there; the sums step from one kept position to the next."""
+    saved and the recomputed bytes live there; the sums step from one kept position to the next. A
+    position with a burst before it has a second row, for while the burst runs: one variable, at least
+    each of the burst's steps' bytes, on top of what is live before the position's node."""
     positions = len(p.bwd_base)
     kept = range(positions) if kept is None else kept
     if not kept:
@@ -485,6 +487,10 @@ def _backward_rows(
         if p.first[v] != UNUSED and p.recompute_bytes[v] > 0 and p.can_recompute[v]:
             starts.setdefault(p.first[v], []).append(v)
             ends.setdefault(p.last[v], []).append(v)
+    steps: dict[int, list[tuple[int, ...]]] = {}
+    for t, members in p.bursts:
+        steps.setdefault(t, []).append(members)
+    released = dict(p.burst_released)
     saved_live = [prog.var(0, math.inf) for _ in kept]
     recomputed_live = [prog.var(0, math.inf) for _ in kept]
     for i, t in enumerate(kept):
@@ -506,7 +512,22 @@ def _backward_rows(
             for v in ends.get(u - 1, ()) if u > 0 else ():
                 _add(terms, recompute[v], p.recompute_bytes[v] / unit)
         prog.row(terms, 0, 0)
-        prog.row({saved_live[i]: 1, recomputed_live[i]: 1, peak: -1}, -math.inf, -p.bwd_base[t] / unit)
+        row = {saved_live[i]: 1.0, recomputed_live[i]: 1.0, peak: -1.0}
+        prog.row(row, -math.inf, -p.bwd_base[t] / unit)
+        if t in steps or t in released:  # while the burst before t runs
+            row = dict(row)
+            if t in steps:  # at least each of its steps' bytes
+                burst = prog.var(0, math.inf)
+                row[burst] = 1.0
+                for members in steps[t]:
+                    terms = {burst: 1.0}
+                    for v in members:
+                        _add(terms, recompute[v], -p.recompute_bytes[v] / unit)
+                    prog.row(terms, 0, math.inf)
+            for g in released.get(t, ()):
+                _add(row, keep[g], p.group_bytes[g] / unit)
+            before = p.burst_base[t] if p.burst_base else p.bwd_base[t]
+            prog.row(row, -math.inf, -before / unit)
 
 
 def _forward_rows(

@@ -8,15 +8,19 @@ MUST_RECOMPUTE nodes are never saved. Memory comes from the liveness model
 - **backward**: positions are the backward's own nodes (the *spine*) in schedule order. A saved storage
   is live from the start of the backward to its last use ``save_last``; a recomputed value from just
   before its first use to its last use (``first``/``last``, measured through the recompute chains the
-  reference plan implies); the spine's own values and the tangents (live from the backward's start to
-  their last use, as the liveness model counts them) give a fixed profile ``bwd_base``.
+  reference plan implies; values the reference does not need, because it saves what reads them, at
+  the first position a rebuilt reader would need them); the spine's own values and the tangents (live
+  from the backward's start to their last use, as the liveness model counts them) give a fixed
+  profile ``bwd_base``. What the recomputation just before one spine node makes and uses up (a
+  chain rebuilt for one matmul), and saved storages only that recomputation reads last, are charged
+  within that *burst*, step by step, beside what is live before the spine node (``bursts``).
 - **forward**: a saved storage stays live after its last forward use ``fwd_release``; the forward's own
   transients give a fixed profile ``fwd_base``.
 
-At the reference plan the model is raised to the simulation wherever it falls short (recompute bursts
-between two backward nodes, backward-only values the forward computes at its end) and left
-conservative where it overestimates (a recomputed chain charged all at once). Elsewhere it is an
-approximation: the budget solver checks every plan with the full liveness simulation.
+At the reference plan the model is raised to the simulation wherever it falls short (backward-only
+values the forward computes at its end, a direct value rebuilt before the burst's peak step) and
+left conservative where it overestimates. Elsewhere it is an approximation: the budget solver checks
+every plan with the full liveness simulation.
 Objective: predicted recompute time (the fusion model's per-node marginal cost, linearised by assuming
 a recomputed fusible node's fusible inputs are recomputed with it).
 """
@@ -30,6 +34,7 @@ import torch.fx as fx
 
 from autoremat.cost_models import GraphCosts
 from autoremat.cost_models.liveness import StepSchedule, backward_live_in, live_profile, step_schedule
+from autoremat.cost_models.workspace import workspace_bytes
 from autoremat.graph.analysis import JointGraphAnalysis
 from autoremat.graph.placement import ancestors
 from autoremat.graph.storage import StorageKey, node_allocations, storage_of
@@ -78,15 +83,25 @@ def build_problem(
     held = {storage_of(n, memo): b for n in full.fwd_outputs for _, b in node_allocations(n)}
     # the tangents are live from the backward's start to their last use, as in the simulation
     bwd_base, _ = live_profile(spine, backward_live_in(analysis, held), keep_bwd, memo)
+    # before a spine node runs, its outputs and scratch do not exist yet: what its burst runs beside
+    burst_base = [
+        max(live - workspace_bytes(n) - sum(b for _, b in node_allocations(n)), 0)
+        for n, live in zip(spine, bwd_base, strict=True)
+    ]
 
     forward = [n for n in candidates if analysis.is_forward(n)]
     fwd_keep = {storage_of(n, memo) for n in full.fwd_outputs}
     fwd_base, fwd_end = live_profile(forward, {}, fwd_keep, memo)
     fwd_base.append(sum(fwd_end.values()))  # after the last node: only the user's outputs are left
 
-    first, last, direct = _needs(analysis, candidates, index, spine, reference)
-    rec_bytes, rec_first, rec_last = _recompute_memory(candidates, index, first, last, direct, memo)
-    group, group_bytes, save_last, fwd_release = _storage_groups(analysis, candidates, forward, last, memo)
+    first, last, spine_last = _needs(analysis, candidates, index, spine, reference)
+    direct = {i for i, t in enumerate(spine_last) if t != UNUSED}
+    rec_bytes, rec_first, rec_last, bursts = _recompute_memory(
+        candidates, index, first, last, spine_last, memo
+    )
+    group, group_bytes, save_last, fwd_release, burst_released = _storage_groups(
+        analysis, candidates, forward, last, spine_last, memo
+    )
     times = costs.linear_recompute_times(forward)
     relevant = ancestors({candidates[i] for i in direct}, within=index)
     problem = BudgetProblem(
@@ -107,6 +122,9 @@ def build_problem(
         bwd_base=tuple(bwd_base),
         fwd_base=tuple(fwd_base),
         save_extra_end=tuple(_backward_only_chains(analysis, candidates, index)),
+        bursts=bursts,
+        burst_released=burst_released,
+        burst_base=tuple(burst_base),
     )
     bwd_fix = _burst_correction(analysis, problem, full, index, memo)
     fwd_fix = _forward_correction(problem, full, forward, index, memo)
@@ -154,9 +172,10 @@ def _needs(
     index: dict[fx.Node, int],
     spine: list[fx.Node],
     reference: set[fx.Node],
-) -> tuple[list[int], list[int], set[int]]:
+) -> tuple[list[int], list[int], list[int]]:
     """First/last backward positions needing each candidate (through the recompute chains the
-    reference implies) and the candidates the backward reads directly."""
+    reference implies), and the last position at which the backward's own nodes read each (UNUSED:
+    only recomputations read it)."""
     first = [UNUSED] * len(candidates)
     last = [UNUSED] * len(candidates)
 
@@ -172,7 +191,7 @@ def _needs(
     for node in analysis.tangent_free_grads:
         if node in index:  # a backward output computed in the forward: needed when the backward ends
             need(index[node], end, end)
-    direct = {i for i, t in enumerate(last) if t != UNUSED}
+    spine_last = list(last)
     for node in reversed(candidates):
         i = index[node]
         if first[i] == UNUSED or node in reference:
@@ -180,7 +199,40 @@ def _needs(
         for arg in node.all_input_nodes:
             if arg in index:  # `node` is recomputed once, just before its first use: inputs read then
                 need(index[arg], first[i], first[i])
-    return first, last, direct
+    _behind_saved(candidates, index, reference, first, last)
+    return first, last, spine_last
+
+
+def _behind_saved(
+    candidates: list[fx.Node],
+    index: dict[fx.Node, int],
+    reference: set[fx.Node],
+    first: list[int],
+    last: list[int],
+) -> None:
+    """Positions for the values the reference never needs because it saves what reads them.
+
+    Another plan may recompute such a value (to rebuild a reader it does not save), or save it for
+    that rebuild; without a position its bytes would be charged nowhere (act-sized GPT-2 at 0.5: an
+    MLP's recomputed up-projection and GELU, 40 MB the program missed, so its plans simulated 69%
+    above their model peak). Each gets the earliest position a reader would be rebuilt at, were
+    every reader between it and the backward rebuilt. The reference's own values keep theirs.
+    """
+    behind = [UNUSED] * len(candidates)
+    for node in reversed(candidates):
+        i = index[node]
+        if first[i] != UNUSED and node not in reference:
+            continue  # its inputs were given positions by the reference's own chains
+        start = first[i] if first[i] != UNUSED else behind[i]
+        if start == UNUSED:
+            continue
+        for arg in node.all_input_nodes:
+            j = index.get(arg)
+            if j is not None and first[j] == UNUSED:
+                behind[j] = start if behind[j] == UNUSED else min(behind[j], start)
+    for j, start in enumerate(behind):
+        if start != UNUSED:
+            first[j] = last[j] = start
 
 
 def _recompute_memory(
@@ -188,34 +240,60 @@ def _recompute_memory(
     index: dict[fx.Node, int],
     first: list[int],
     last: list[int],
-    direct: set[int],
+    spine_last: list[int],
     memo: dict[fx.Node, StorageKey],
-) -> tuple[list[int], list[int], list[int]]:
-    """Bytes and live interval of each candidate's storage when it is recomputed.
+) -> tuple[list[int], list[int], list[int], tuple[tuple[int, tuple[int, ...]], ...]]:
+    """Bytes and live interval of each candidate's storage when it is recomputed, and the bursts.
 
     A storage is charged to the node that allocates it, over the union of the intervals of every
-    value aliasing it that the backward reads directly. A value only other recomputations read dies
-    as soon as they have run: it is charged at the one position its burst serves. Charging a whole
-    chain at once overestimates long chains; ``_burst_correction`` makes the reference plan exact.
+    value aliasing it. A storage that only recomputations for one backward position read is made
+    and used up by that position's burst: it is charged step by step there (``bursts``), not all at
+    once (act-sized GPT-2: a GELU chain of seven 4 MB values recomputed for one matmul holds two at a
+    time, where charging all seven overestimated that position by 13 MB). Each step holds the burst's
+    storages from their producer to their last reader in the burst, in joint order, as the rewrite
+    runs them. A storage that lives longer but whose last reader is a recomputation is charged up
+    to the position before, and in every step of that last burst. ``_burst_correction`` raises what
+    remains below the reference plan's simulation.
     """
     members: dict[StorageKey, list[int]] = {}
     for node in candidates:
         members.setdefault(storage_of(node, memo), []).append(index[node])
     rec_bytes = [0] * len(candidates)
-    rec_first, rec_last = list(first), list(last)
+    rec_first, rec_last = [UNUSED] * len(candidates), [UNUSED] * len(candidates)
+    made: dict[int, list[tuple[int, int]]] = {}  # position -> (producer, last reader) per storage
+    through: dict[int, list[int]] = {}  # position -> storages its burst is the last to read
     for node in candidates:
         allocated = node_allocations(node)
         if not allocated:
             continue
         i = index[node]
         rec_bytes[i] = sum(b for _, b in allocated)
-        read = [j for key, _ in allocated for j in members.get(key, ()) if j in direct]
-        if not read:  # read only by other recomputations: live during the burst before first[i]
-            rec_last[i] = first[i]
-            continue
-        rec_first[i] = min(first[j] for j in [i, *read] if first[j] != UNUSED)
-        rec_last[i] = max(last[j] for j in [i, *read])
-    return rec_bytes, rec_first, rec_last
+        aliases = [j for key, _ in allocated for j in members.get(key, ()) if first[j] != UNUSED]
+        if first[i] == UNUSED or not aliases:
+            continue  # no plan recomputes it
+        start, end = min(first[j] for j in aliases), max(last[j] for j in aliases)
+        read_by_spine = max(spine_last[j] for j in aliases)
+        if read_by_spine >= end:
+            rec_first[i], rec_last[i] = start, end
+        elif start < end:
+            rec_first[i], rec_last[i] = start, end - 1
+            through.setdefault(end, []).append(i)
+        else:
+            readers = [
+                index[u]
+                for j in aliases
+                for u in candidates[j].users
+                if u in index and first[index[u]] == start
+            ]
+            made.setdefault(start, []).append((i, max([*aliases, *readers])))
+    bursts = []
+    for t in sorted(made.keys() | through.keys()):
+        lives = made.get(t, [])
+        steps = [frozenset(v for v, end in lives if v <= k <= end) for k, _ in lives] or [frozenset()]
+        for step in dict.fromkeys(steps):
+            if not any(step < other for other in steps):
+                bursts.append((t, tuple(sorted(step | set(through.get(t, ()))))))
+    return rec_bytes, rec_first, rec_last, tuple(bursts)
 
 
 def _storage_groups(
@@ -223,15 +301,19 @@ def _storage_groups(
     candidates: list[fx.Node],
     forward: list[fx.Node],
     last: list[int],
+    spine_last: list[int],
     memo: dict[fx.Node, StorageKey],
-) -> tuple[list[int], list[int], list[int], list[int]]:
-    """Storage group of each candidate, and per group: bytes, last backward use, forward release."""
+) -> tuple[list[int], list[int], list[int], list[int], tuple[tuple[int, tuple[int, ...]], ...]]:
+    """Storage group of each candidate, and per group: bytes, last backward use, forward release;
+    and the groups whose last reader is a recomputation, by the position its burst serves (they are
+    live at the backward's own nodes up to the one before: ``BudgetProblem.burst_released``)."""
     fwd_pos = {n: t for t, n in enumerate(forward)}
     end_of_forward = len(forward) - 1  # a saved backward-only value counts from the forward's end
     groups: dict[StorageKey, int] = {}
     group: list[int] = []
     group_bytes: list[int] = []
     save_last: list[int] = []
+    read_by_spine: list[int] = []
     fwd_release: list[int] = []
     for i, node in enumerate(candidates):
         key = storage_of(node, memo)
@@ -240,13 +322,21 @@ def _storage_groups(
             base = analysis.facts[node].storage_base
             group_bytes.append(analysis.facts[base].save_bytes if base.op != "placeholder" else 0)
             save_last.append(UNUSED)
+            read_by_spine.append(UNUSED)
             fwd_release.append(fwd_pos.get(base, 0 if base.op == "placeholder" else end_of_forward))
         g = groups[key]
         group.append(g)
         save_last[g] = max(save_last[g], last[i])
+        read_by_spine[g] = max(read_by_spine[g], spine_last[i])
         users = [fwd_pos[u] for u in node.users if u in fwd_pos]
         fwd_release[g] = max([fwd_release[g], fwd_pos.get(node, end_of_forward), *users])
-    return group, group_bytes, save_last, fwd_release
+    released: dict[int, list[int]] = {}
+    for g, t in enumerate(save_last):
+        if t != UNUSED and read_by_spine[g] < t and group_bytes[g]:
+            released.setdefault(t, []).append(g)
+            save_last[g] = t - 1  # UNUSED when that is the backward's first position
+    by_position = tuple((t, tuple(gs)) for t, gs in sorted(released.items()))
+    return group, group_bytes, save_last, fwd_release, by_position
 
 
 def _burst_correction(

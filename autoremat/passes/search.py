@@ -443,8 +443,15 @@ def _search(ctx: SearchContext, target: BudgetTarget, chosen: Solver, checked: _
         result.status = "budget-infeasible"
         return result
 
-    model_cap = min(max(checked.model_cap(cap), least.peak), runtime_optimal.peak)
     span = runtime_optimal.peak - least.peak
+    if target.fraction is not None:
+        # the anchors' line maps the fraction to the same fraction of the model's span; read there,
+        # not back from the rounded checked cap, which can lose a byte (and with it a plan that
+        # meets the target exactly, 2-layer test transformer at 0.5)
+        model_cap = int(least.peak + target.fraction * span)
+    else:
+        model_cap = checked.model_cap(cap)
+    model_cap = min(max(model_cap, least.peak), runtime_optimal.peak)
     caps = [model_cap] + [
         int(least.peak + f * span) for f in GRID_FRACTIONS if least.peak + f * span < model_cap
     ]
@@ -617,7 +624,9 @@ def _result(
         gap=gap,
         predicted_peak_bytes=checked.peak(best),
         target_bytes=target,
-        least_bytes=checked.peak(least),
+        # the plan chosen can check below the least plan the scale was read on (a proposal that
+        # the check ranks lower than the model does): the least found is then its peak
+        least_bytes=min(checked.peak(least), checked.peak(best)),
         runtime_optimal_bytes=checked.peak(runtime_optimal),
         stats=ctx.stats,
         notes=ctx.notes,
