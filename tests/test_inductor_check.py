@@ -114,18 +114,17 @@ def test_strict_mode_accepts_a_byte_budget_a_plan_other_than_the_least_peak_one_
     before calling a byte budget infeasible."""
     low = _plan(0.0, None, monkeypatch)
     budget = int(low.predicted_peak_bytes * 0.9)
-    # every plan above the model's least-peak one checks a third of that peak lower (whichever the
-    # pool's next-lowest plan is: it once saved more values than the least one, now it saves as many)
+    # every plan above the model's least-peak one checks half that peak lower (whichever the pool's
+    # next-lowest plan is: it once saved more values than the least one, now it saves as many)
     check = ScaledCheck(
         share=1.0,
-        bonus=low.predicted_peak_bytes // 3,
+        bonus=low.predicted_peak_bytes // 2,
         favour=lambda c: c.peak > low.predicted_peak_bytes,
     )
     plan = _plan(budget, check, monkeypatch, strict=True)
     assert plan.status != "budget-infeasible" and plan.predicted_peak_bytes <= budget
     assert plan.predicted_peak_bytes in check.peaks.values()
-    # the plan may check below the least plan the scale was read on: it is then the least reported
-    assert plan.least_bytes <= plan.predicted_peak_bytes < low.predicted_peak_bytes
+    assert plan.predicted_peak_bytes < low.predicted_peak_bytes
 
 
 def test_strict_mode_accepts_a_byte_budget_that_only_the_checked_peaks_meet(monkeypatch):
@@ -290,11 +289,11 @@ def test_a_correction_round_never_trades_a_fitting_plan_for_a_slower_one():
 
 
 def test_the_search_proposes_again_for_the_corrected_cap_and_still_fits(monkeypatch):
-    """The two anchors (the least and the runtime-optimal plan) check at their model peaks and every
-    other plan 40 kB above its own, so the plans proposed for the translated cap miss; the MILP is
-    asked again below that cap, at the cap a miss's own ratio gives, and the plan chosen fits the
-    checked target and trains like eager. (The two tests above pin which miss a round reads and
-    which plan it keeps.)"""
+    """Every plan but the two anchors (the least and the runtime-optimal plan) checks a tenth of the
+    scale above its model peak, so the plans proposed for the translated cap miss and the plan that
+    fits leaves room. The MILP is asked again below that cap, at the cap a miss's own ratio gives,
+    and the plan chosen fits the checked target, is no slower, and trains like eager. (The two
+    tests above pin which miss a round reads and which plan it keeps.)"""
     from autoremat.passes import search
     from autoremat.passes.milp_solver import MilpSolver
 
@@ -306,15 +305,15 @@ def test_the_search_proposes_again_for_the_corrected_cap_and_still_fits(monkeypa
         return propose(self, ctx, cap)
 
     monkeypatch.setattr(MilpSolver, "propose", recording)
-    unchecked = _plan(0.5, None, monkeypatch)
+    unchecked = _plan(0.25, None, monkeypatch)
     anchors = {unchecked.least_bytes, unchecked.runtime_optimal_bytes}
-    penalty = 40_000
+    penalty = (unchecked.runtime_optimal_bytes - unchecked.least_bytes) // 10
 
     def planned(rounds: int) -> tuple[autoremat.Plan, ScaledCheck, list[int]]:
         monkeypatch.setattr(search, "RECALIBRATIONS", rounds)
         caps.clear()
         check = ScaledCheck(share=1.0, bonus=-penalty, favour=lambda c: c.peak not in anchors)
-        return _plan(0.5, check, monkeypatch), check, list(caps)
+        return _plan(0.25, check, monkeypatch), check, list(caps)
 
     rounds = search.RECALIBRATIONS
     plain, _, plain_caps = planned(0)
@@ -325,10 +324,11 @@ def test_the_search_proposes_again_for_the_corrected_cap_and_still_fits(monkeypa
         and len(extra) == plan.solver_stats["recalibrations"] >= 1
     )
     assert all(cap < plain_caps[0] and cap not in plain_caps for cap in extra)
-    # the anchors' line is the model's own scale here, so the target is the translated cap; the
-    # first correction reads it at one miss's own ratio (its model peak over its checked peak)
+    # the anchors check at their model peaks, so the target is the translated cap; the first
+    # correction reads it at one miss's own ratio (its model peak over its checked peak)
     target = plan.target_bytes
-    misses = [peak - penalty for peak in check.peaks.values() if peak > target]
+    assert target == unchecked.target_bytes
+    misses = [peak - penalty for peak in check.peaks.values() if peak > target and peak not in anchors]
     assert any(abs(extra[0] - model * target / (model + penalty)) <= 1 for model in misses)
     assert plan.predicted_peak_bytes <= target
     assert plan.predicted_recompute_s <= plain.predicted_recompute_s

@@ -36,8 +36,8 @@ class BudgetProblem:
     can_recompute: tuple[bool, ...]
     #: predicted seconds to recompute each candidate
     cost_s: tuple[float, ...]
-    #: bytes a recomputation allocates, live over [first, last] of the backward (UNUSED for values
-    #: charged by ``bursts`` instead, and for values no plan recomputes)
+    #: bytes a recomputation allocates, live over [first, last] of the backward (first and last are
+    #: UNUSED for values charged by ``bursts`` instead, and for values no plan recomputes)
     recompute_bytes: tuple[int, ...]
     first: tuple[int, ...]
     last: tuple[int, ...]
@@ -59,7 +59,8 @@ class BudgetProblem:
     #: totals: a chain recomputed for one backward node holds a few of its values at a time, not all
     bursts: tuple[tuple[int, tuple[int, ...]], ...] = ()
     #: (backward position, storage groups whose last reader is a recomputation in the burst before
-    #: it): ``save_last`` is the position before; while that burst runs they are live throughout
+    #: it), one entry per position: ``save_last`` is the position before; while that burst runs
+    #: they are live throughout
     burst_released: tuple[tuple[int, tuple[int, ...]], ...] = ()
     #: per backward position: bytes of the backward's own values while the burst before it runs (the
     #: node's outputs do not exist yet); empty: ``bwd_base``

@@ -419,7 +419,12 @@ def _peak_ceiling(p: BudgetProblem) -> float:
     """No plan's model peak exceeds this: the largest base with every storage kept and every
     recomputation live at once (it bounds the tie-breaking term of an uncapped time objective)."""
     extra = sum(p.save_extra_end) if p.save_extra_end else 0
-    return max([0, *p.bwd_base, *p.fwd_base]) + sum(p.group_bytes) + sum(p.recompute_bytes) + extra
+    return (
+        max([0, *p.bwd_base, *p.burst_base, *p.fwd_base])
+        + sum(p.group_bytes)
+        + sum(p.recompute_bytes)
+        + extra
+    )
 
 
 @dataclass(frozen=True)
@@ -490,7 +495,9 @@ def _backward_rows(
     steps: dict[int, list[tuple[int, ...]]] = {}
     for t, members in p.bursts:
         steps.setdefault(t, []).append(members)
-    released = dict(p.burst_released)
+    released: dict[int, list[int]] = {}
+    for t, groups in p.burst_released:
+        released.setdefault(t, []).extend(groups)
     saved_live = [prog.var(0, math.inf) for _ in kept]
     recomputed_live = [prog.var(0, math.inf) for _ in kept]
     for i, t in enumerate(kept):

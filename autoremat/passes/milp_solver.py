@@ -1,8 +1,8 @@
 """The exact MILP (``milp.py``) as a search solver: it linearises the memory model around reference
 plans (``problem_builder.py``) and lets the pool's simulation judge each proposal.
 
-The linear model is exact at its reference and approximate elsewhere (it has not seen other plans'
-recompute bursts), so:
+The linear model is exact at its reference and approximate elsewhere (it places each recomputed
+value by the reference's recompute chains, which other plans do not follow exactly), so:
 
 - for the least peak, each answer becomes the next reference, so the next solve cannot exploit the
   same modelling error;

@@ -18,9 +18,9 @@ MUST_RECOMPUTE nodes are never saved. Memory comes from the liveness model
   transients give a fixed profile ``fwd_base``.
 
 At the reference plan the model is raised to the simulation wherever it falls short (backward-only
-values the forward computes at its end, a direct value rebuilt before the burst's peak step) and
-left conservative where it overestimates. Elsewhere it is an approximation: the budget solver checks
-every plan with the full liveness simulation.
+values the forward computes at its end, a burst's value that a later burst reads again, a rebuilt
+node's scratch) and left conservative where it overestimates. Elsewhere it is an approximation:
+the budget solver checks every plan with the full liveness simulation.
 Objective: predicted recompute time (the fusion model's per-node marginal cost, linearised by assuming
 a recomputed fusible node's fusible inputs are recomputed with it).
 """
@@ -126,9 +126,12 @@ def build_problem(
     )
     bwd_fix = _burst_correction(analysis, problem, full, index, memo)
     fwd_fix = _forward_correction(problem, full, forward, index, memo)
+    # both of a position's rows are raised: where the burst's row is the higher, raising only the
+    # node's own would leave the model below the reference's simulation
     problem = replace(
         problem,
         bwd_base=tuple(b + max(c, 0) for b, c in zip(bwd_base, bwd_fix, strict=True)),
+        burst_base=tuple(b + max(c, 0) for b, c in zip(burst_base, bwd_fix, strict=True)),
         fwd_base=tuple(b + max(c, 0) for b, c in zip(problem.fwd_base, fwd_fix, strict=True)),
     )
     return BuiltProblem(problem, tuple(candidates))
@@ -172,8 +175,8 @@ def _needs(
     reference: set[fx.Node],
 ) -> tuple[list[int], list[int], list[int]]:
     """First/last backward positions needing each candidate (through the recompute chains the
-    reference implies), and the last position at which the backward's own nodes read each (UNUSED:
-    only recomputations read it)."""
+    reference implies), and the last position at which the backward's own nodes read each, or need
+    it as a gradient the forward computed (UNUSED: only recomputations read it)."""
     first = [UNUSED] * len(candidates)
     last = [UNUSED] * len(candidates)
 
@@ -214,23 +217,28 @@ def _behind_saved(
     that rebuild; without a position its bytes would be charged nowhere (act-sized GPT-2 at 0.5: an
     MLP's recomputed up-projection and GELU, 40 MB the program missed, so its plans simulated 69%
     above their model peak). Each gets the earliest position a reader would be rebuilt at, were
-    every reader between it and the backward rebuilt. The reference's own values keep theirs.
+    every reader between it and the backward rebuilt, and the latest (a saved value is held until
+    then). The reference's own values keep theirs, even where a rebuilt saved reader would need one
+    earlier: the model is exact at its reference and approximate elsewhere.
     """
-    behind = [UNUSED] * len(candidates)
+    behind_first = [UNUSED] * len(candidates)
+    behind_last = [UNUSED] * len(candidates)
     for node in reversed(candidates):
         i = index[node]
         if first[i] != UNUSED and node not in reference:
             continue  # its inputs were given positions by the reference's own chains
-        start = first[i] if first[i] != UNUSED else behind[i]
+        start = first[i] if first[i] != UNUSED else behind_first[i]
         if start == UNUSED:
             continue
+        end = last[i] if first[i] != UNUSED else behind_last[i]
         for arg in node.all_input_nodes:
             j = index.get(arg)
             if j is not None and first[j] == UNUSED:
-                behind[j] = start if behind[j] == UNUSED else min(behind[j], start)
-    for j, start in enumerate(behind):
+                behind_first[j] = start if behind_first[j] == UNUSED else min(behind_first[j], start)
+                behind_last[j] = max(behind_last[j], end)
+    for j, start in enumerate(behind_first):
         if start != UNUSED:
-            first[j] = last[j] = start
+            first[j], last[j] = start, behind_last[j]
 
 
 def _recompute_memory(

@@ -2,8 +2,9 @@
 cheapest to recompute per byte until the simulation accepts it.
 
 The MILP plans with a linear model of memory (``problem_builder.py``), exact at its reference plan
-and short elsewhere by what it has not seen (other plans' recompute bursts). When the simulation
-rejects a proposal, ``milp_solver.py`` lowers the cap by the shortfall and solves again. On a deep
+and off elsewhere where other plans recompute at positions the reference's chains do not predict.
+When the simulation rejects a proposal, ``milp_solver.py`` lowers the cap by the shortfall and
+solves again. On a deep
 model a restricted solve costs seconds to tens of seconds (114 GPT layers: 9 s at the target, 27 s at
 the cap lowered twice), and a lowered cap overshoots the other way: the plan drops more than it must.
 The shortfall is usually a few storages' worth (a 0.03-3% overshoot), and releasing that many bytes

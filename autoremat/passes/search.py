@@ -28,6 +28,7 @@ ratio and the solvers propose again (``_Checked.recalibrated_cap``, at most ``RE
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -77,8 +78,9 @@ class SolveResult:
     status: str
     gap: float | None
     predicted_peak_bytes: int
-    #: the peaks the budget was interpolated between, and the target it resolved to (None when the
-    #: runtime-optimal plan was asked for, which needs no search)
+    #: the target the budget resolved to, the least peak found (the plan a fraction is read from,
+    #: or the chosen plan where that checks lower) and the runtime-optimal plan's peak (None when
+    #: the runtime-optimal plan was asked for, which needs no search)
     target_bytes: int | None = None
     least_bytes: int | None = None
     runtime_optimal_bytes: int | None = None
@@ -332,7 +334,7 @@ class _Checked:
         ratio = min(self._ratio(anchor) for anchor in self.anchors) if self.anchors else 1.0
         for candidate in _frontier(self.ctx.pool.plans.values()):
             if self.check is not None and self.check.known(candidate) is None:
-                if budget == 0 or candidate.peak * ratio > cap * ESTIMATE_SLACK:
+                if budget == 0 or math.floor(candidate.peak * ratio) > cap * ESTIMATE_SLACK:
                     continue
                 budget -= 1
             if self.peak(candidate) <= cap:
