@@ -10,6 +10,7 @@ time, not all of them.
 from __future__ import annotations
 
 import random
+from dataclasses import replace
 
 import pytest
 import torch
@@ -17,6 +18,7 @@ import torch
 from autoremat.cost_models import default_cost_model
 from autoremat.cost_models.liveness import plan_peak
 from autoremat.graph.analysis import analyse
+from autoremat.passes.budget_problem import modelled_backward
 from autoremat.passes.cut import cheap_by
 from autoremat.passes.mincut import solve_min_cut
 from autoremat.passes.pool import complete_saved
@@ -84,3 +86,28 @@ def test_a_recomputed_chain_is_charged_step_by_step_not_all_at_once(gelu_mlp):
     saved = {index[n] for n in high.saved if n in index}
     model_peak, simulated = _model_and_simulated(analysis, built, saved)
     assert simulated <= model_peak <= simulated + WIDE_BYTES
+
+
+def test_a_shortfall_at_the_reference_raises_both_rows_of_its_position(gelu_mlp, monkeypatch):
+    """Where the reference's simulation is above its model at a position whose burst row is the
+    higher of its two (the burst before the node holds more than the node's own outputs add), the
+    correction must raise that row too: raising only the node's own left the model short there."""
+    from autoremat.passes import problem_builder
+
+    analysis, costs, high = gelu_mlp
+    built = build_problem(analysis, costs, high.saved)
+    index = {n: i for i, n in enumerate(built.nodes)}
+    reference = {index[n] for n in high.saved if n in index}
+    modelled = modelled_backward(built.problem, reference)
+    no_bursts = replace(built.problem, bursts=(), burst_released=())
+    without = modelled_backward(no_bursts, reference)
+    at = next(t for t, (a, b) in enumerate(zip(modelled, without, strict=True)) if a > b)
+    shortfall = 10**6
+    positions = len(built.problem.bwd_base)
+    monkeypatch.setattr(
+        problem_builder,
+        "_burst_correction",
+        lambda *args: [shortfall if t == at else 0 for t in range(positions)],
+    )
+    raised = build_problem(analysis, costs, high.saved).problem
+    assert modelled_backward(raised, reference)[at] == modelled[at] + shortfall
