@@ -108,6 +108,10 @@ class PeakCheck(Protocol):
 
     def known(self, candidate: Candidate) -> int | None: ...
 
+    def confirm(self, candidate: Candidate) -> int:
+        """``peak`` with nothing estimated, for a plan about to be chosen."""
+        ...
+
 
 def solve(
     analysis: JointGraphAnalysis,
@@ -211,6 +215,18 @@ class _Checked:
         try:
             with self.ctx.deadline.paused():
                 return self.check.peak(candidate)
+        except Exception as exc:  # noqa: BLE001 - a failed check degrades to the model's peaks
+            self._give_up(exc)
+            return candidate.peak
+
+    def confirmed(self, candidate: Candidate) -> int:
+        """The checked peak of a plan about to be chosen, with nothing in it estimated (a check may
+        estimate a forward's peak to spare a replay: ``InductorCheck.confirm``)."""
+        if self.check is None:
+            return candidate.peak
+        try:
+            with self.ctx.deadline.paused():
+                return self.check.confirm(candidate)
         except Exception as exc:  # noqa: BLE001 - a failed check degrades to the model's peaks
             self._give_up(exc)
             return candidate.peak
@@ -337,12 +353,17 @@ class _Checked:
                 if budget == 0 or math.floor(candidate.peak * ratio) > cap * ESTIMATE_SLACK:
                     continue
                 budget -= 1
-            if self.peak(candidate) <= cap:
+            if self.peak(candidate) <= cap and self.confirmed(candidate) <= cap:
                 return candidate
             if self.check is None:
                 return self.ctx.pool.fastest_within(model_cap)
         fitting = [c for c in self.ctx.pool.plans.values() if _within(self.check.known(c), cap)]
-        return min(fitting, key=lambda c: (c.time_s, c.peak)) if fitting else None
+        for candidate in sorted(fitting, key=lambda c: (c.time_s, c.peak)):
+            if self.confirmed(candidate) <= cap:
+                return candidate
+            if self.check is None:
+                return self.ctx.pool.fastest_within(model_cap)
+        return None
 
     def recalibrated_cap(
         self, best: Candidate | None, cap: int, span: int, within: tuple[int, int]
@@ -398,7 +419,7 @@ class _Checked:
         by_peak = sorted(_frontier(self.ctx.pool.plans.values()), key=lambda c: c.peak)
         unchecked = [c for c in by_peak if self.check.known(c) is None][:MAX_FINALIST_CHECKS]
         for candidate in unchecked:
-            if self.peak(candidate) <= cap:
+            if self.peak(candidate) <= cap and self.confirmed(candidate) <= cap:
                 return candidate
             if self.check is None:
                 return None
@@ -421,7 +442,11 @@ def _frontier(candidates: Iterable[Candidate]) -> list[Candidate]:
 def _search(ctx: SearchContext, target: BudgetTarget, chosen: Solver, checked: _Checked) -> SolveResult:
     """The search of the module docstring; ``solve`` validates and reports."""
     runtime_optimal = _runtime_optimal(ctx, chosen)
-    if target.cap_bytes is not None and checked.peak(runtime_optimal) <= target.cap_bytes:
+    if (
+        target.cap_bytes is not None
+        and checked.peak(runtime_optimal) <= target.cap_bytes
+        and checked.confirmed(runtime_optimal) <= target.cap_bytes
+    ):
         return _result(ctx, checked, runtime_optimal, target.cap_bytes, runtime_optimal, runtime_optimal)
 
     ctx.low = solve_min_cut(ctx.analysis, least_memory_rules(ctx.base))
