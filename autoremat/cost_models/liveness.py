@@ -17,7 +17,9 @@ outputs (e.g. the loss) and the backward's outputs (gradients) live to the end o
 forward's graph inputs (parameters, buffers, user inputs) are not counted: they exist before the step.
 The tangents (incoming gradients) are: autograd creates them during the step, after the forward, and a
 compiled block that is not the last one receives a gradient as large as its output. They are live from
-the start of the backward to their last use there (``backward_live_in``).
+the start of the backward to its end (``backward_live_in``): whoever passed them holds them through
+the call (a block's ``out.backward(grad)`` measured one gradient above a model that freed it after
+its last use, once a plan's peak fell after that use).
 While a node runs, its kernel's scratch memory counts too (``workspace.py``). Which storage a value
 lives in is decided by ``graph/storage.py``, the aliasing model the solvers' byte charges use too.
 
@@ -173,7 +175,7 @@ def backward_live_in(
     analysis: JointGraphAnalysis, forward_live: dict[StorageKey, int]
 ) -> dict[StorageKey, int]:
     """Storages alive when the backward starts: what the forward left alive, plus the tangents, which
-    autograd has created by then (a tangent nothing reads is freed before the backward's first node)."""
+    autograd has created by then (and whoever passed them holds them to the backward's end)."""
     return {**forward_live, **tangent_storages(analysis)}
 
 
@@ -184,7 +186,7 @@ def predict_peak(analysis: JointGraphAnalysis, schedule: StepSchedule) -> PeakRe
     fwd_profile, live = live_profile(schedule.forward, {}, fwd_keep, memo)
     held = {storage_of(n, memo) for n in schedule.fwd_outputs}
     forward_end = sum(live.values())
-    bwd_keep = held | {storage_of(n, memo) for n in schedule.bwd_outputs}
+    bwd_keep = held | {storage_of(n, memo) for n in schedule.bwd_outputs} | set(tangent_storages(analysis))
     bwd_profile, _ = live_profile(schedule.backward, backward_live_in(analysis, live), bwd_keep, memo)
     fwd_peak, fwd_at = _peak(fwd_profile, schedule.forward)
     bwd_peak, bwd_at = _peak(bwd_profile, schedule.backward)

@@ -10,7 +10,7 @@ MUST_RECOMPUTE nodes are never saved. Memory comes from the liveness model
   before its first use to its last use (``first``/``last``, measured through the recompute chains the
   reference plan implies; values the reference does not need, because it saves what reads them, at
   the first position a rebuilt reader would need them); the spine's own values and the tangents (live
-  from the backward's start to their last use, as the liveness model counts them) give a fixed
+  from the backward's start to its end, as the liveness model counts them) give a fixed
   profile ``bwd_base``. What the recomputation just before one spine node makes and uses up (a
   chain rebuilt for one matmul), and saved storages only that recomputation reads last, are charged
   within that *burst*, step by step, beside what is live before the spine node (``bursts``).
@@ -33,7 +33,13 @@ from dataclasses import dataclass, replace
 import torch.fx as fx
 
 from autoremat.cost_models import GraphCosts
-from autoremat.cost_models.liveness import StepSchedule, backward_live_in, live_profile, step_schedule
+from autoremat.cost_models.liveness import (
+    StepSchedule,
+    backward_live_in,
+    live_profile,
+    step_schedule,
+    tangent_storages,
+)
 from autoremat.cost_models.workspace import workspace_bytes
 from autoremat.graph.analysis import JointGraphAnalysis
 from autoremat.graph.placement import ancestors
@@ -80,8 +86,9 @@ def build_problem(
     full = step_schedule(analysis, reference)
     spine = [n for n in full.backward if n not in index]
     keep_bwd = {storage_of(n, memo) for n in (*full.fwd_outputs, *full.bwd_outputs)}
+    keep_bwd |= set(tangent_storages(analysis))  # held by the caller to the backward's end
     held = {storage_of(n, memo): b for n in full.fwd_outputs for _, b in node_allocations(n)}
-    # the tangents are live from the backward's start to their last use, as in the simulation
+    # the tangents are live from the backward's start to its end, as in the simulation
     bwd_base, _ = live_profile(spine, backward_live_in(analysis, held), keep_bwd, memo)
     # before a spine node runs, its outputs and scratch do not exist yet: what its burst runs beside
     burst_base = [
@@ -355,6 +362,7 @@ def _burst_correction(
     fwd_keep = {storage_of(n, memo) for n in (*full.saved, *full.fwd_outputs)}
     _, live = live_profile(full.forward, {}, fwd_keep, memo)
     bwd_keep = {storage_of(n, memo) for n in (*full.fwd_outputs, *full.bwd_outputs)}
+    bwd_keep |= set(tangent_storages(analysis))
     simulated, _ = live_profile(full.backward, backward_live_in(analysis, live), bwd_keep, memo)
     saved = {index[n] for n in full.saved if n in index}
     modelled = modelled_backward(problem, saved)
