@@ -210,23 +210,19 @@ class _Checked:
         }
 
     def peak(self, candidate: Candidate) -> int:
-        if self.check is None:
-            return candidate.peak
-        try:
-            with self.ctx.deadline.paused():
-                return self.check.peak(candidate)
-        except Exception as exc:  # noqa: BLE001 - a failed check degrades to the model's peaks
-            self._give_up(exc)
-            return candidate.peak
+        return self._ask(candidate, confirm=False)
 
     def confirmed(self, candidate: Candidate) -> int:
         """The checked peak of a plan about to be chosen, with nothing in it estimated (a check may
         estimate a forward's peak to spare a replay: ``InductorCheck.confirm``)."""
+        return self._ask(candidate, confirm=True)
+
+    def _ask(self, candidate: Candidate, *, confirm: bool) -> int:
         if self.check is None:
             return candidate.peak
         try:
             with self.ctx.deadline.paused():
-                return self.check.confirm(candidate)
+                return self.check.confirm(candidate) if confirm else self.check.peak(candidate)
         except Exception as exc:  # noqa: BLE001 - a failed check degrades to the model's peaks
             self._give_up(exc)
             return candidate.peak
