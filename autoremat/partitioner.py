@@ -9,14 +9,16 @@ budget that cannot be met when the user asked for ``strict=True``.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import functools
+import gc
 import hashlib
 import logging
 import pathlib
 import time
 import uuid as uuid_module
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 import torch
@@ -55,6 +57,27 @@ _PACKAGE_DIR = pathlib.Path(__file__).resolve().parent
 AUTO_GRANULARITY_BYTES = 256 * 2**20
 #: the memory model plans are checked with (cost_models.MEMORY_MODELS)
 MEMORY = MEMORY_MODELS[DEFAULT_MEMORY_MODEL]()
+
+
+@contextlib.contextmanager
+def _older_objects_frozen() -> Iterator[None]:
+    """Keep the cyclic garbage collector's full collections off the objects that existed before the
+    partition (the model, the joint graph, torch's own state) while it runs.
+
+    A partition allocates millions of small objects, which triggers full collections, and each one
+    walks everything the process holds: on a 29-layer GPT's 4,980-node joint graph three of them
+    took 2.1 s of a 17 s partition (with the older objects frozen, 0.5 s). Nothing is leaked:
+    garbage made during the partition is still collected, and the older objects are unfrozen on the
+    way out. Where the process froze objects itself (``gc.freeze`` before forking workers), unfreezing
+    would undo that, so nothing is done."""
+    if not gc.isenabled() or gc.get_freeze_count() > 0:
+        yield
+        return
+    gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
 
 
 class BudgetInfeasible(ValueError):
@@ -134,7 +157,8 @@ class RematPartitioner(compat.CustomPartitionerFn):
     ) -> tuple[fx.GraphModule, fx.GraphModule]:
         start = time.perf_counter()
         try:
-            fw, bw, plan = self._partition(gm, joint_inputs, num_fwd_outputs, static_lifetime_input_indices)
+            with _older_objects_frozen():
+                fw, bw, plan = self._partition(gm, joint_inputs, num_fwd_outputs, static_lifetime_input_indices)
         except BudgetInfeasible:
             raise
         except Exception as exc:  # noqa: BLE001 - any bug of ours must degrade, not crash training

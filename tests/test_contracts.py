@@ -22,6 +22,7 @@ from tests.harness import (
     EAGER_TOL,
     assert_small_step_matches_eager,
     assert_steps_match,
+    capture_joint,
     compiled_step,
     train_step,
 )
@@ -220,7 +221,6 @@ def test_collectives_are_never_recomputed_unless_tagged(fake_pg, tagged):
     import torch.distributed as dist
     import torch.distributed._functional_collectives as funcol
 
-    from tests.harness import capture_joint
 
     w = torch.randn(8, 8, requires_grad=True)
 
@@ -261,3 +261,46 @@ def test_collectives_are_never_recomputed_unless_tagged(fake_pg, tagged):
     else:
         assert recomputed == set(), plan.recomputed
         assert [str(n.target) for n in _collectives(bw.graph)] == ops[2:]
+
+
+@pytest.mark.parametrize("process_froze", [False, True])
+@pytest.mark.parametrize("fails", [False, True])
+def test_partition_leaves_the_garbage_collector_as_it_found_it(monkeypatch, process_froze, fails):
+    """The partition freezes the objects older than it (full collections over the whole process cost
+    seconds on deep models), unfreezes them on every way out, and leaves alone a process that froze
+    objects itself (unfreezing would undo its ``gc.freeze`` before forking)."""
+    import gc
+
+    w = torch.randn(8, 8, requires_grad=True)
+    joint = capture_joint(lambda x: torch.tanh(x @ w).sum(), torch.randn(4, 8, requires_grad=True))
+    calls: list[str] = []
+    during: list[int] = []
+    freeze, unfreeze, original = gc.freeze, gc.unfreeze, RematPartitioner._partition
+
+    def watched(self, *args):
+        during.append(gc.get_freeze_count())
+        if fails:
+            raise RuntimeError("a bug of ours")
+        return original(self, *args)
+
+    if process_froze:
+        freeze()
+    monkeypatch.setattr(gc, "freeze", lambda: (calls.append("freeze"), freeze())[1])
+    monkeypatch.setattr(gc, "unfreeze", lambda: (calls.append("unfreeze"), unfreeze())[1])
+    monkeypatch.setattr(RematPartitioner, "_partition", watched)
+    try:
+        RematPartitioner(resolve_options({"compiler": "eager", "memory_budget": 0.5}))(
+            joint.fresh_copy(),
+            joint.joint_inputs,
+            num_fwd_outputs=joint.num_fwd_outputs,
+            static_lifetime_input_indices=joint.static_lifetime_input_indices,
+        )
+        after = gc.get_freeze_count()
+    finally:
+        unfreeze()
+    if process_froze:
+        assert calls == [] and after > 0
+    else:
+        assert calls == ["freeze", "unfreeze"] and during[0] > 0 and after == 0
+    (plan,) = autoremat.recent_plans()
+    assert (plan.status == "fallback") == fails

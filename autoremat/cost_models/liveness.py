@@ -40,7 +40,7 @@ from autoremat import _torch_compat as compat
 from autoremat.cost_models.workspace import workspace_bytes
 from autoremat.graph.analysis import JointGraphAnalysis
 from autoremat.graph.placement import ancestors
-from autoremat.graph.storage import StorageKey, node_allocations, storage_of, tensor_bytes
+from autoremat.graph.storage import StorageIndex, StorageKey, storage_of, tensor_bytes
 
 
 @dataclass(frozen=True)
@@ -133,7 +133,7 @@ def live_profile(
     nodes: Sequence[fx.Node],
     live_in: dict[StorageKey, int],
     keep: set[StorageKey],
-    memo: dict[fx.Node, StorageKey],
+    memo: StorageIndex,
 ) -> tuple[list[int], dict[StorageKey, int]]:
     """Run one module's nodes: live bytes while each node runs (its outputs allocated, nothing it
     reads freed yet), and the storages alive at the end.
@@ -143,22 +143,20 @@ def live_profile(
     """
     last_use: dict[StorageKey, int] = {}
     for i, node in enumerate(nodes):
-        for arg in (*node.all_input_nodes, node):
-            last_use[storage_of(arg, memo)] = i
+        for key in memo.touched(node):
+            last_use[key] = i
     live = {k: v for k, v in live_in.items() if k in last_use or k in keep}
     total = sum(live.values())
     profile: list[int] = []
     for i, node in enumerate(nodes):
-        allocated = node_allocations(node)
+        allocated = memo.allocations(node)
         for key, nbytes in allocated:
             if key not in live:
                 live[key] = nbytes
                 total += nbytes
         profile.append(total + workspace_bytes(node))
         dead = {key for key, _ in allocated if key not in last_use}  # outputs nobody reads
-        dead |= {
-            k for k in (storage_of(a, memo) for a in (*node.all_input_nodes, node)) if last_use.get(k) == i
-        }
+        dead |= {k for k in memo.touched(node) if last_use.get(k) == i}
         for key in dead - keep:
             if key in live:
                 total -= live.pop(key)
@@ -181,7 +179,7 @@ def backward_live_in(
 
 def predict_peak(analysis: JointGraphAnalysis, schedule: StepSchedule) -> PeakReport:
     """Peak live activation bytes of ``schedule`` (see the module docstring for what counts)."""
-    memo: dict[fx.Node, StorageKey] = {}
+    memo = analysis.storages
     fwd_keep = {storage_of(n, memo) for n in (*schedule.saved, *schedule.fwd_outputs)}
     fwd_profile, live = live_profile(schedule.forward, {}, fwd_keep, memo)
     held = {storage_of(n, memo) for n in schedule.fwd_outputs}

@@ -21,7 +21,7 @@ import torch.fx as fx
 from autoremat import _torch_compat as compat
 from autoremat.graph.op_classes import NEVER_RECOMPUTE, OpClass, classify
 from autoremat.graph.placement import backward_computed, must_be_in_backward, place, recomputed_nodes
-from autoremat.graph.storage import StorageKey, alias_of, storage_bytes, storage_of, tensor_bytes
+from autoremat.graph.storage import StorageIndex, StorageKey, alias_of, storage_bytes, storage_of, tensor_bytes
 
 log = logging.getLogger("autoremat")
 
@@ -75,6 +75,8 @@ class JointGraphAnalysis:
     #: backward outputs computable without tangents (they must be available to the backward as is)
     tangent_free_grads: set[fx.Node]
     notes: list[str] = field(default_factory=list)
+    #: each node's storage and allocations, shared by every plan the memory model simulates
+    storages: StorageIndex = field(default_factory=StorageIndex)
 
     def is_forward(self, node: fx.Node) -> bool:
         return node in self.forward_nodes
@@ -206,7 +208,7 @@ def analyse(
     forced_save = boundaries | _backward_mutation_sources(graph)
     static_set = set(static_inputs)
     facts: dict[fx.Node, NodeFacts] = {}
-    storages: dict[fx.Node, StorageKey] = {}
+    storages = StorageIndex()
     notes: list[str] = []
     for node in nodes:
         if node.op == "output":
@@ -247,6 +249,7 @@ def analyse(
         backward_reads=backward_reads,
         tangent_free_grads=tangent_free_grads,
         notes=notes,
+        storages=storages,
     )
 
 

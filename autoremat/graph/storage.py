@@ -78,6 +78,34 @@ def storage_bytes(key: StorageKey) -> int:
     return tensor_bytes(value)
 
 
+class StorageIndex(dict[fx.Node, StorageKey]):
+    """``storage_of``'s memo (node -> storage), which also remembers each node's allocations.
+
+    The memory model walks every node of every plan it simulates: on a 29-layer GPT's 4,980-node
+    joint graph, 13 plans made 124,000 ``node_allocations`` calls, each classifying the node again.
+    One index per analysed graph (``JointGraphAnalysis.storages``) answers both once per node; the
+    graph's nodes must not change while it is in use (the solvers only read the joint graph)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._allocations: dict[fx.Node, list[tuple[StorageKey, int]]] = {}
+        self._touched: dict[fx.Node, tuple[StorageKey, ...]] = {}
+
+    def allocations(self, node: fx.Node) -> list[tuple[StorageKey, int]]:
+        """``node_allocations(node)``, computed once."""
+        found = self._allocations.get(node)
+        if found is None:
+            found = self._allocations[node] = node_allocations(node)
+        return found
+
+    def touched(self, node: fx.Node) -> tuple[StorageKey, ...]:
+        """The storages ``node`` reads, and its own: what running it keeps alive until then."""
+        found = self._touched.get(node)
+        if found is None:
+            found = self._touched[node] = tuple(storage_of(a, self) for a in (*node.all_input_nodes, node))
+        return found
+
+
 def node_allocations(node: fx.Node) -> list[tuple[StorageKey, int]]:
     """Storages a node allocates when it runs (empty for inputs, aliases and non-tensors)."""
     if node.op != "call_function" or alias_of(node) is not None:

@@ -43,7 +43,7 @@ from autoremat.cost_models.liveness import (
 from autoremat.cost_models.workspace import workspace_bytes
 from autoremat.graph.analysis import JointGraphAnalysis
 from autoremat.graph.placement import ancestors
-from autoremat.graph.storage import StorageKey, node_allocations, storage_of
+from autoremat.graph.storage import StorageIndex, StorageKey, storage_of
 from autoremat.passes.budget_problem import (
     UNUSED,
     BudgetProblem,
@@ -81,18 +81,18 @@ def build_problem(
     ]
     index = {n: i for i, n in enumerate(candidates)}
     reference = set(reference_saved) & set(index)
-    memo: dict[fx.Node, StorageKey] = {}
+    memo = analysis.storages
 
     full = step_schedule(analysis, reference)
     spine = [n for n in full.backward if n not in index]
     keep_bwd = {storage_of(n, memo) for n in (*full.fwd_outputs, *full.bwd_outputs)}
     keep_bwd |= set(tangent_storages(analysis))  # held by the caller to the backward's end
-    held = {storage_of(n, memo): b for n in full.fwd_outputs for _, b in node_allocations(n)}
+    held = {storage_of(n, memo): b for n in full.fwd_outputs for _, b in memo.allocations(n)}
     # the tangents are live from the backward's start to its end, as in the simulation
     bwd_base, _ = live_profile(spine, backward_live_in(analysis, held), keep_bwd, memo)
     # before a spine node runs, its outputs and scratch do not exist yet: what its burst runs beside
     burst_base = [
-        max(live - workspace_bytes(n) - sum(b for _, b in node_allocations(n)), 0)
+        max(live - workspace_bytes(n) - sum(b for _, b in memo.allocations(n)), 0)
         for n, live in zip(spine, bwd_base, strict=True)
     ]
 
@@ -170,7 +170,7 @@ def _backward_only_chains(
     backward_only = {n for n in candidates if not analysis.is_forward(n)}
     for node in backward_only:
         chain = ancestors({node}, within=backward_only) - {node}
-        extra[index[node]] = sum(b for a in chain for _, b in node_allocations(a))
+        extra[index[node]] = sum(b for a in chain for _, b in analysis.storages.allocations(a))
     return extra
 
 
@@ -254,7 +254,7 @@ def _recompute_memory(
     first: list[int],
     last: list[int],
     direct: set[int],
-    memo: dict[fx.Node, StorageKey],
+    memo: StorageIndex,
 ) -> tuple[list[int], list[int], list[int], tuple[tuple[int, tuple[int, ...]], ...]]:
     """Bytes and live interval of each candidate's storage when it is recomputed, and the bursts.
 
@@ -277,7 +277,7 @@ def _recompute_memory(
     rec_first, rec_last = [UNUSED] * len(candidates), [UNUSED] * len(candidates)
     made: dict[int, list[tuple[int, int]]] = {}  # position -> (producer, last reader) per storage
     for node in candidates:
-        allocated = node_allocations(node)
+        allocated = memo.allocations(node)
         if not allocated:
             continue
         i = index[node]
@@ -308,7 +308,7 @@ def _storage_groups(
     forward: list[fx.Node],
     last: list[int],
     spine_last: list[int],
-    memo: dict[fx.Node, StorageKey],
+    memo: StorageIndex,
 ) -> tuple[list[int], list[int], list[int], list[int], tuple[tuple[int, tuple[int, ...]], ...]]:
     """Storage group of each candidate, and per group: bytes, last backward use, forward release;
     and the groups whose last reader is a recomputation, by the position its burst serves (they are
@@ -350,7 +350,7 @@ def _burst_correction(
     problem: BudgetProblem,
     full: StepSchedule,
     index: dict[fx.Node, int],
-    memo: dict[fx.Node, StorageKey],
+    memo: StorageIndex,
 ) -> list[int]:
     """Per backward position: simulated minus modelled live bytes of the reference plan.
 
@@ -358,7 +358,6 @@ def _burst_correction(
     runs just before it through the node itself, so a burst of recomputation is charged to the
     backward node it serves.
     """
-    memo = dict(memo)
     fwd_keep = {storage_of(n, memo) for n in (*full.saved, *full.fwd_outputs)}
     _, live = live_profile(full.forward, {}, fwd_keep, memo)
     bwd_keep = {storage_of(n, memo) for n in (*full.fwd_outputs, *full.bwd_outputs)}
@@ -382,7 +381,7 @@ def _forward_correction(
     full: StepSchedule,
     forward: list[fx.Node],
     index: dict[fx.Node, int],
-    memo: dict[fx.Node, StorageKey],
+    memo: StorageIndex,
 ) -> list[int]:
     """Per forward position: simulated minus modelled live bytes of the reference plan.
 
@@ -390,7 +389,6 @@ def _forward_correction(
     recomputation would need and runs saved backward-only values (and what they need) too. Simulated
     values are charged to the next forward node the model knows, or to the end of the forward.
     """
-    memo = dict(memo)
     keep = {storage_of(n, memo) for n in (*full.saved, *full.fwd_outputs)}
     simulated, live = live_profile(full.forward, {}, keep, memo)
     position = {n: t for t, n in enumerate(forward)}
