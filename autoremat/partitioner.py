@@ -158,7 +158,9 @@ class RematPartitioner(compat.CustomPartitionerFn):
         start = time.perf_counter()
         try:
             with _older_objects_frozen():
-                fw, bw, plan = self._partition(gm, joint_inputs, num_fwd_outputs, static_lifetime_input_indices)
+                fw, bw, plan = self._partition(
+                    gm, joint_inputs, num_fwd_outputs, static_lifetime_input_indices
+                )
         except BudgetInfeasible:
             raise
         except Exception as exc:  # noqa: BLE001 - any bug of ours must degrade, not crash training

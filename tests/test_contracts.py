@@ -221,7 +221,6 @@ def test_collectives_are_never_recomputed_unless_tagged(fake_pg, tagged):
     import torch.distributed as dist
     import torch.distributed._functional_collectives as funcol
 
-
     w = torch.randn(8, 8, requires_grad=True)
 
     def fn(x):

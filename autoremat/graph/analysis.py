@@ -21,7 +21,14 @@ import torch.fx as fx
 from autoremat import _torch_compat as compat
 from autoremat.graph.op_classes import NEVER_RECOMPUTE, OpClass, classify
 from autoremat.graph.placement import backward_computed, must_be_in_backward, place, recomputed_nodes
-from autoremat.graph.storage import StorageIndex, StorageKey, alias_of, storage_bytes, storage_of, tensor_bytes
+from autoremat.graph.storage import (
+    StorageIndex,
+    StorageKey,
+    alias_of,
+    storage_bytes,
+    storage_of,
+    tensor_bytes,
+)
 
 log = logging.getLogger("autoremat")
 
