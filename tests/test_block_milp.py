@@ -410,3 +410,37 @@ def test_a_lower_caps_answer_left_unproven_gets_the_whole_programs_nodes(relaxed
     expected_bound = 0.997 if whole_tried else relaxed_bound
     assert mixed.gap == pytest.approx(1.0 - expected_bound)
     assert carried == [pytest.approx(expected_bound)], "the best bound is carried to the next cap"
+
+
+@pytest.mark.parametrize("whole_gap, runs_tried", [(0.015, False), (0.05, True), (None, True)])
+def test_the_runs_of_tied_blocks_are_solved_only_after_a_poor_whole_program_answer(whole_gap, runs_tried):
+    """The whole program's short try runs without HiGHS' root sub-MIPs; the runs of tied blocks
+    follow only when its answer is further than ``CLOSE_ANSWER_GAP`` above its bound (or it has
+    none), and the mixed solve starts from the whole program's patterns either way."""
+    from autoremat.passes.block_milp import CLOSE_ANSWER_GAP
+
+    assert MIP_REL_GAP < 0.015 <= CLOSE_ANSWER_GAP < 0.05
+    problem = BudgetProblem(
+        inputs=((), ()), needed=(0, 1), can_save=(True, True), can_recompute=(True, True),
+        cost_s=(1.0, 1.0), recompute_bytes=(0, 0), first=(UNUSED, UNUSED), last=(UNUSED, UNUSED),
+        group=(0, 1), group_bytes=(1, 1), save_last=(0, 0), fwd_release=(0, 0), bwd_base=(0,),
+        fwd_base=(0, 0),
+    )  # fmt: skip
+    restriction = BlockRestriction(((0,), (1,)))
+    calls = []
+
+    def solve(problem, node_limit, **kwargs):
+        kind = next((k for k in ("choices", "relaxation", "tied") if k in kwargs), "whole")
+        calls.append((kind, kwargs.get("root_heuristics", True)))
+        if kind == "relaxation":
+            return MilpResult("optimal", None, None, None, None, 0.0, 0, 0, bound=0.9)
+        if kind == "whole":
+            saved = None if whole_gap is None else frozenset({1})
+            return MilpResult("limit-reached", saved, 1.0, 1, whole_gap, 0.0, 0, 0, bound=0.95)
+        return MilpResult("optimal", frozenset({0}), 0.97, 1, 0.0, 0.0, 0, 0, restricted=kind)
+
+    answers = solve_by_blocks(problem, restriction, solve, cap_bytes=1)
+    kinds = [kind for kind, _ in calls]
+    assert kinds == ["whole", *(["tied"] if runs_tried else []), "choices", "relaxation"]
+    assert dict(calls)["whole"] is False and dict(calls)["choices"] is True
+    assert answers[0].restricted in ("choices", "tied") and answers[0].gap == pytest.approx(1 - 0.95 / 0.97)

@@ -222,8 +222,8 @@ def test_a_stop_with_a_plan_under_an_unknown_code_is_a_limit_not_a_failure(monke
     a limit; "failed" is for no plan at all."""
     from autoremat.passes import milp
 
-    def stopped(self, constraints, time_limit, node_limit, *, plan=True):
-        result = original(self, constraints, time_limit, node_limit)
+    def stopped(self, constraints, time_limit, node_limit, root_heuristics=True, *, plan=True):
+        result = original(self, constraints, time_limit, node_limit, root_heuristics)
         result.status = 4
         result.x = result.x if plan else None
         return result
@@ -276,3 +276,19 @@ def test_problem_built_from_a_real_graph_matches_brute_force_on_its_decisions():
     best = min(t for t, p, _ in plans if p <= cap)
     assert result.peak_bytes <= cap
     assert result.time_s <= best * (1 + MIP_REL_GAP) + time_tolerance_s(problem)
+
+
+def test_a_solve_without_root_sub_mips_is_quiet_and_finds_the_optimum():
+    """``root_heuristics=False`` passes HiGHS options scipy does not list: its "passed verbatim"
+    warning must not reach the user, and the answer is still the program's optimum."""
+    import warnings
+
+    problem = BudgetProblem(
+        inputs=((), (0,)), needed=(1,), can_save=(True, True), can_recompute=(True, True),
+        cost_s=(1e-3, 2e-3), recompute_bytes=(8, 8), first=(0, 0), last=(0, 0), group=(0, 1),
+        group_bytes=(8, 16), save_last=(0, 0), fwd_release=(0, 0), bwd_base=(0,), fwd_base=(0, 0),
+    )  # fmt: skip
+    with warnings.catch_warnings(record=True) as caught:
+        quiet = solve_budget(problem, cap_bytes=100, root_heuristics=False)
+    assert not [w for w in caught if "Unrecognized options" in str(w.message)]
+    assert quiet.saved == solve_budget(problem, cap_bytes=100).saved and quiet.status == "optimal"

@@ -31,14 +31,21 @@ import torch.fx as fx
 
 from autoremat.graph.blocks import RepeatedBlocks
 from autoremat.passes.budget_problem import BudgetProblem
-from autoremat.passes.milp import Choice, MilpResult, relative_gap, within_gap
+from autoremat.passes.milp import MIP_REL_GAP, Choice, MilpResult, relative_gap, within_gap
 
 #: the most patterns a mixed solve offers each block (binaries = blocks x patterns)
 MAX_PATTERNS = 16
-#: branch-and-bound nodes the whole program gets before the restricted programs take over: HiGHS
-#: often proves a 1% gap at its root on a big graph (29 layers: 1-3 s), and when it does not, its
-#: answer and its bound still count
+#: branch-and-bound nodes the whole program gets before the restricted programs take over, without
+#: HiGHS' root sub-MIP heuristics (``milp.solve_budget(root_heuristics=False)``; the restricted
+#: programs find the answers where its own is poor): HiGHS often proves a 1% gap at its root on a
+#: big graph (29 layers: 1.1 s, 7.5 s with the sub-MIPs), and when it does not, its answer and its
+#: bound still count
 FULL_ATTEMPT_NODES = 50
+#: the runs of tied blocks are solved only when the whole program's try left its answer further than
+#: this above its own bound: they find a good answer where the try's is poor (12 GPT layers: 10%
+#: above); where it is close, the mixed solve over its blocks' patterns closes the rest (57 layers:
+#: 1.4% -> 1.1%, 114 layers: 1.1% -> 0.4%, where the runs of tied blocks took 13.5 and 21 s)
+CLOSE_ANSWER_GAP = 2 * MIP_REL_GAP
 #: runs of tied blocks in the restricted program (before the last block, which is a run of its own):
 #: on a 12-layer GPT, at budgets 0.1/0.3/0.6, within 0.7%/-0.2%/0.3% of the whole program's answer
 #: (it had 5-29 s and a 1% gap), where all blocks tied were 31%/14%/87% above it
@@ -159,6 +166,8 @@ def solve_by_blocks(
     the solves for one target: a cap lowered after the memory model's shortfall only raises the
     optimum, so a higher cap's bound still holds, and a later cap's solve is the patterns' alone,
     with the whole program for ``LATER_ATTEMPT_NODES`` when the bounds leave its answer unproven.
+    The runs of tied blocks are skipped when the whole program's answer is within
+    ``CLOSE_ANSWER_GAP`` of its bound.
     ``full_attempt_nodes=None`` skips the whole program (the restricted programs alone); ``chunks``
     is the number of runs of tied blocks."""
     pooled = [list(s) for s in pooled]
@@ -184,16 +193,18 @@ def solve_by_blocks(
             ranked = _ranked([answer], bound, objective)
             if within_gap(ranked[0].gap) or full_attempt_nodes is None:
                 return ranked
-            whole = solve(problem, LATER_ATTEMPT_NODES, **objective)
+            whole = solve(problem, LATER_ATTEMPT_NODES, root_heuristics=False, **objective)
             return _ranked([answer, whole], keep(_best_bound(bound, whole.bound)), objective)
     answers: list[MilpResult] = []
     if full_attempt_nodes is not None:
-        whole = solve(problem, full_attempt_nodes, **objective)
+        whole = solve(problem, full_attempt_nodes, root_heuristics=False, **objective)
         if whole.saved is not None and within_gap(whole.gap):
             keep(_best_bound(*known, whole.bound))
             return [whole]
         answers.append(whole)
-    answers.append(solve(problem, RESTRICTED_NODE_LIMIT, tied=restriction.chunked(chunks), **objective))
+    close = [r for r in answers if r.saved is not None and r.gap is not None and r.gap <= CLOSE_ANSWER_GAP]
+    if not close:
+        answers.append(solve(problem, RESTRICTED_NODE_LIMIT, tied=restriction.chunked(chunks), **objective))
     answers.append(mixed(answers))
     return _ranked(answers, proof(*known, *(r.bound for r in answers if r.restricted is None)), objective)
 
