@@ -385,6 +385,7 @@ def test_a_plan_chosen_on_an_estimated_forward_is_confirmed_with_its_forward_rep
 
     real_forward = {"fast": 1100, "slow": 850}
     bounds = []
+    forwards = []
 
     def step_peak(fw, bw, n, patches, *, forward_bound, own_graphs):
         bounds.append(forward_bound)
@@ -393,19 +394,27 @@ def test_a_plan_chosen_on_an_estimated_forward_is_confirmed_with_its_forward_rep
         forward = real_forward[fw.name]
         return InductorStepPeak(max(forward, 900), forward, 900, 500)
 
+    def forward_peak(fw, patches, *, own_graphs):
+        forwards.append(fw.name)
+        return real_forward[fw.name]
+
     monkeypatch.setattr(
         inductor_check,
         "split_joint_graph",
         lambda joint, analysis, saved: (SimpleNamespace(name=saved[0], graph=SimpleNamespace(nodes=[])),) * 2,
     )
     monkeypatch.setattr(inductor_check, "inductor_step_peak", step_peak)
+    monkeypatch.setattr(inductor_check, "inductor_forward_peak", forward_peak)
     check = inductor_check.InductorCheck(None, SimpleNamespace(num_fwd_outputs=1), {})
     check.forward_overshoot = 300  # learnt from an earlier replay: estimates are forward_peak - 300
 
     fast = Candidate(SimpleNamespace(saved=("fast",)), 1200, 1.0, "test", None, 1150)
     slow = Candidate(SimpleNamespace(saved=("slow",)), 1000, 2.0, "test", None, 1150)
-    assert check.peak(fast) == 900 and check.confirm(fast) == 1100 and bounds == [850, None]
-    assert check.confirm(fast) == 1100 and len(bounds) == 2  # replayed once
+    assert check.peak(fast) == 900 and check.confirm(fast) == 1100
+    # the backward's replay stands: only the forward is replayed, once
+    assert bounds == [850] and forwards == ["fast"] and check.phases(fast) == (1100, 900)
+    assert check.confirm(fast) == 1100 and forwards == ["fast"]
+    assert check.forward_replays == 1 and check.forward_overshoot == 50  # 1150 modelled, 1100 real
 
     checked = _checked_over([fast, slow], check)
     assert checked.fastest_within(1000, 10**9) is slow
