@@ -412,12 +412,19 @@ def test_a_lower_caps_answer_left_unproven_gets_the_whole_programs_nodes(relaxed
     assert carried == [pytest.approx(expected_bound)], "the best bound is carried to the next cap"
 
 
+@pytest.mark.parametrize("sub_mip_limit", [1, 2])
 @pytest.mark.parametrize("whole_gap, runs_tried", [(0.015, False), (0.05, True), (None, True)])
-def test_the_runs_of_tied_blocks_are_solved_only_after_a_poor_whole_program_answer(whole_gap, runs_tried):
-    """The whole program's short try runs without HiGHS' root sub-MIPs; the runs of tied blocks
-    follow only when its answer is further than ``CLOSE_ANSWER_GAP`` above its bound (or it has
-    none), and the mixed solve starts from the whole program's patterns either way."""
+def test_the_runs_of_tied_blocks_are_solved_only_after_a_poor_whole_program_answer(
+    monkeypatch, whole_gap, runs_tried, sub_mip_limit
+):
+    """The whole program's short try runs without HiGHS' root sub-MIPs above
+    ``SUB_MIP_MAX_CANDIDATES``; the runs of tied blocks follow only when its answer is further than
+    ``CLOSE_ANSWER_GAP`` above its bound (or it has none), and the mixed solve starts from the whole
+    program's patterns either way."""
+    from autoremat.passes import block_milp
     from autoremat.passes.block_milp import CLOSE_ANSWER_GAP
+
+    monkeypatch.setattr(block_milp, "SUB_MIP_MAX_CANDIDATES", sub_mip_limit)
 
     assert MIP_REL_GAP < 0.015 <= CLOSE_ANSWER_GAP < 0.05
     problem = BudgetProblem(
@@ -442,5 +449,5 @@ def test_the_runs_of_tied_blocks_are_solved_only_after_a_poor_whole_program_answ
     answers = solve_by_blocks(problem, restriction, solve, cap_bytes=1)
     kinds = [kind for kind, _ in calls]
     assert kinds == ["whole", *(["tied"] if runs_tried else []), "choices", "relaxation"]
-    assert dict(calls)["whole"] is False and dict(calls)["choices"] is True
+    assert dict(calls)["whole"] is (problem.n <= sub_mip_limit) and dict(calls)["choices"] is True
     assert answers[0].restricted in ("choices", "tied") and answers[0].gap == pytest.approx(1 - 0.95 / 0.97)

@@ -35,12 +35,17 @@ from autoremat.passes.milp import MIP_REL_GAP, Choice, MilpResult, relative_gap,
 
 #: the most patterns a mixed solve offers each block (binaries = blocks x patterns)
 MAX_PATTERNS = 16
-#: branch-and-bound nodes the whole program gets before the restricted programs take over, without
-#: HiGHS' root sub-MIP heuristics (``milp.solve_budget(root_heuristics=False)``; the restricted
-#: programs find the answers where its own is poor): HiGHS often proves a 1% gap at its root on a
-#: big graph (29 layers: 1.1 s, 7.5 s with the sub-MIPs), and when it does not, its answer and its
-#: bound still count
+#: branch-and-bound nodes the whole program gets before the restricted programs take over: HiGHS
+#: often proves a 1% gap at its root on a big graph, and when it does not, its answer and its bound
+#: still count
 FULL_ATTEMPT_NODES = 50
+#: candidates above which the whole program's tries run without HiGHS' root sub-MIP heuristics
+#: (``milp.solve_budget(root_heuristics=False)``): each sub-MIP is then a large program itself, and
+#: the restricted programs find the answers where the try's own is poor. GPT at budget 0.5: 29
+#: layers (about 2,400 candidates), 7.5 s with them and 1.1 s without, both proven within 1%; 12
+#: layers (1,029), 2.0 s with them and proven, 0.7 s without but 10% from the bound, and the
+#: restricted solves that follow cost 3.5 s
+SUB_MIP_MAX_CANDIDATES = 1500
 #: the runs of tied blocks are solved only when the whole program's try left its answer further than
 #: this above its own bound: they find a good answer where the try's is poor (12 GPT layers: 10%
 #: above); where it is close, the mixed solve over its blocks' patterns closes the rest (57 layers:
@@ -166,12 +171,14 @@ def solve_by_blocks(
     the solves for one target: a cap lowered after the memory model's shortfall only raises the
     optimum, so a higher cap's bound still holds, and a later cap's solve is the patterns' alone,
     with the whole program for ``LATER_ATTEMPT_NODES`` when the bounds leave its answer unproven.
-    The runs of tied blocks are skipped when the whole program's answer is within
-    ``CLOSE_ANSWER_GAP`` of its bound.
+    The whole program's tries skip HiGHS' root sub-MIPs above ``SUB_MIP_MAX_CANDIDATES``; the runs
+    of tied blocks are skipped when the whole program's answer is within ``CLOSE_ANSWER_GAP`` of its
+    bound.
     ``full_attempt_nodes=None`` skips the whole program (the restricted programs alone); ``chunks``
     is the number of runs of tied blocks."""
     pooled = [list(s) for s in pooled]
     known = list(carried or [])  # a copy: ``carried`` is rewritten below
+    sub_mips = problem.n <= SUB_MIP_MAX_CANDIDATES
 
     def mixed(answers: list[MilpResult]) -> MilpResult:
         patterns = restriction.patterns(pooled, first=[r.saved for r in answers if r.saved is not None])
@@ -193,11 +200,11 @@ def solve_by_blocks(
             ranked = _ranked([answer], bound, objective)
             if within_gap(ranked[0].gap) or full_attempt_nodes is None:
                 return ranked
-            whole = solve(problem, LATER_ATTEMPT_NODES, root_heuristics=False, **objective)
+            whole = solve(problem, LATER_ATTEMPT_NODES, root_heuristics=sub_mips, **objective)
             return _ranked([answer, whole], keep(_best_bound(bound, whole.bound)), objective)
     answers: list[MilpResult] = []
     if full_attempt_nodes is not None:
-        whole = solve(problem, full_attempt_nodes, root_heuristics=False, **objective)
+        whole = solve(problem, full_attempt_nodes, root_heuristics=sub_mips, **objective)
         if whole.saved is not None and within_gap(whole.gap):
             keep(_best_bound(*known, whole.bound))
             return [whole]
