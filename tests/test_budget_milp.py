@@ -289,6 +289,7 @@ def test_a_solve_without_root_sub_mips_is_quiet_and_finds_the_optimum():
         group_bytes=(8, 16), save_last=(0, 0), fwd_release=(0, 0), bwd_base=(0,), fwd_base=(0, 0),
     )  # fmt: skip
     with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
         quiet = solve_budget(problem, cap_bytes=100, root_heuristics=False)
     assert not [w for w in caught if "Unrecognized options" in str(w.message)]
     assert quiet.saved == solve_budget(problem, cap_bytes=100).saved and quiet.status == "optimal"

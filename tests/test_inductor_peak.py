@@ -10,7 +10,8 @@ schedule:
 - on a convolution net, which Inductor runs channels-last, the replay is within 3% of the measured
   peak (it was 7-40% high: NCHW scratch rules, and a backward lowered in the FX graph's layouts).
 
-Slow: sixteen Inductor compiles and their replays."""
+Slow: sixteen Inductor compiles and their replays (all but the last test, which lowers a small
+MLP's forward and backward once each and runs in the default suite)."""
 
 from __future__ import annotations
 
@@ -52,3 +53,29 @@ def test_memory_plan_of_a_channels_last_convolution_net_predicts_its_peak(budget
     row = measure("resnet", "smoke", "inductor", budget, torch.device("cpu"))
     assert row["inductor_plan_peak"] == pytest.approx(row["measured_peak"], rel=CONV_ACCURACY), row
     assert row["predicted_peak"] == pytest.approx(row["measured_peak"], rel=CONV_ACCURACY), row
+
+
+def test_the_forward_replayed_alone_peaks_where_the_whole_replay_puts_it():
+    """``InductorCheck.confirm`` replays only the forward of a plan whose backward was replayed
+    (``inductor_forward_peak``): it must give the forward peak the whole replay gives."""
+    from autoremat.cost_models.inductor_memory import inductor_forward_peak, inductor_step_peak
+    from autoremat.graph.analysis import analyse
+    from autoremat.passes.mincut import solve_min_cut
+    from autoremat.passes.rewrite import split_joint_graph
+    from tests.harness import capture_joint
+    from tests.models import MLP
+
+    torch.manual_seed(0)
+    joint = capture_joint(MLP(), torch.randn(64, 32, requires_grad=True))
+    gm = joint.fresh_copy()
+    analysis = analyse(
+        gm.graph,
+        num_fwd_outputs=joint.num_fwd_outputs,
+        static_lifetime_input_indices=joint.static_lifetime_input_indices,
+    )
+    saved = solve_min_cut(analysis).saved
+    fw, bw = split_joint_graph(gm, analysis, saved)
+    whole = inductor_step_peak(fw, bw, analysis.num_fwd_outputs)
+    fw_again, _ = split_joint_graph(gm, analysis, saved)
+    assert whole.forward_replayed and whole.forward_peak_bytes > 0
+    assert inductor_forward_peak(fw_again) == whole.forward_peak_bytes

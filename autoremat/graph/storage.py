@@ -88,14 +88,14 @@ class StorageIndex(dict[fx.Node, StorageKey]):
 
     def __init__(self) -> None:
         super().__init__()
-        self._allocations: dict[fx.Node, list[tuple[StorageKey, int]]] = {}
+        self._allocations: dict[fx.Node, tuple[tuple[StorageKey, int], ...]] = {}
         self._touched: dict[fx.Node, tuple[StorageKey, ...]] = {}
 
-    def allocations(self, node: fx.Node) -> list[tuple[StorageKey, int]]:
-        """``node_allocations(node)``, computed once."""
+    def allocations(self, node: fx.Node) -> tuple[tuple[StorageKey, int], ...]:
+        """``node_allocations(node)``, computed once (a tuple: every later plan reads the same one)."""
         found = self._allocations.get(node)
         if found is None:
-            found = self._allocations[node] = node_allocations(node)
+            found = self._allocations[node] = tuple(node_allocations(node))
         return found
 
     def touched(self, node: fx.Node) -> tuple[StorageKey, ...]:

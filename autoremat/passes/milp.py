@@ -54,8 +54,9 @@ MIP_REL_GAP = 1e-2
 
 #: HiGHS options that switch off its root sub-MIP heuristics (RENS, RINS, the reduced-cost one), for
 #: ``solve_budget(root_heuristics=False)``. scipy hands options it does not know to HiGHS verbatim,
-#: with a warning that ``_Program._milp`` keeps from the user; a HiGHS without one of them warns too
-#: and goes on.
+#: with a warning that ``_Program._milp`` keeps from the user; an older HiGHS without them (scipy <
+#: 1.15) ignores them with a warning kept back too, and solves with its sub-MIPs (slower, the same
+#: proofs).
 _NO_ROOT_SUB_MIPS = {
     "mip_heuristic_run_rens": False,
     "mip_heuristic_run_rins": False,
@@ -155,6 +156,10 @@ class _Program:
         self, constraints: object, time_limit: float, node_limit: int | None, root_heuristics: bool = True
     ) -> object:
         if not root_heuristics:
+            # scoped, not a module-level filter: one added at import is lost when the import happens
+            # inside someone's ``catch_warnings`` (pytest's, for one); the price is that the swap of
+            # the process-wide filters is not thread-safe before Python 3.14 (a concurrent thread's
+            # warning may pass this filter or miss its own for the length of a solve)
             with warnings.catch_warnings():
                 warnings.filterwarnings("ignore", message=r"Unrecognized option")
                 return self._scipy_milp(constraints, time_limit, node_limit, _NO_ROOT_SUB_MIPS)
