@@ -377,6 +377,17 @@ def test_block_reduced_answers_are_within_their_proven_gap_of_the_full_optimum(
             assert answers and answers[0].time_s <= optimum * (1 + MIP_REL_GAP) + tolerance
 
 
+def _two_blocks_of_one_value() -> tuple[BudgetProblem, BlockRestriction]:
+    """Two one-value blocks, for tests whose stub solver decides every answer."""
+    problem = BudgetProblem(
+        inputs=((), ()), needed=(0, 1), can_save=(True, True), can_recompute=(True, True),
+        cost_s=(1.0, 1.0), recompute_bytes=(0, 0), first=(UNUSED, UNUSED), last=(UNUSED, UNUSED),
+        group=(0, 1), group_bytes=(1, 1), save_last=(0, 0), fwd_release=(0, 0), bwd_base=(0,),
+        fwd_base=(0, 0),
+    )  # fmt: skip
+    return problem, BlockRestriction(((0,), (1,)))
+
+
 @pytest.mark.parametrize("relaxed_bound, whole_tried", [(0.95, True), (0.995, False)])
 def test_a_lower_caps_answer_left_unproven_gets_the_whole_programs_nodes(relaxed_bound, whole_tried):
     """At a later cap of the same target the patterns' answer (time 1.0) is proven against the
@@ -384,13 +395,7 @@ def test_a_lower_caps_answer_left_unproven_gets_the_whole_programs_nodes(relaxed
     runs ``LATER_ATTEMPT_NODES`` nodes and its bound certifies the answer, else it does not run."""
     from autoremat.passes.block_milp import LATER_ATTEMPT_NODES
 
-    problem = BudgetProblem(
-        inputs=((), ()), needed=(0, 1), can_save=(True, True), can_recompute=(True, True),
-        cost_s=(1.0, 1.0), recompute_bytes=(0, 0), first=(UNUSED, UNUSED), last=(UNUSED, UNUSED),
-        group=(0, 1), group_bytes=(1, 1), save_last=(0, 0), fwd_release=(0, 0), bwd_base=(0,),
-        fwd_base=(0, 0),
-    )  # fmt: skip
-    restriction = BlockRestriction(((0,), (1,)))
+    problem, restriction = _two_blocks_of_one_value()
     calls = []
 
     def solve(problem, node_limit, **kwargs):
@@ -427,13 +432,7 @@ def test_the_runs_of_tied_blocks_are_solved_only_after_a_poor_whole_program_answ
     monkeypatch.setattr(block_milp, "SUB_MIP_MAX_CANDIDATES", sub_mip_limit)
 
     assert MIP_REL_GAP < 0.015 <= CLOSE_ANSWER_GAP < 0.05
-    problem = BudgetProblem(
-        inputs=((), ()), needed=(0, 1), can_save=(True, True), can_recompute=(True, True),
-        cost_s=(1.0, 1.0), recompute_bytes=(0, 0), first=(UNUSED, UNUSED), last=(UNUSED, UNUSED),
-        group=(0, 1), group_bytes=(1, 1), save_last=(0, 0), fwd_release=(0, 0), bwd_base=(0,),
-        fwd_base=(0, 0),
-    )  # fmt: skip
-    restriction = BlockRestriction(((0,), (1,)))
+    problem, restriction = _two_blocks_of_one_value()
     calls = []
 
     def solve(problem, node_limit, **kwargs):
