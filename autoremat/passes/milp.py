@@ -54,8 +54,8 @@ MIP_REL_GAP = 1e-2
 
 #: HiGHS options that switch off its root sub-MIP heuristics (RENS, RINS, the reduced-cost one), for
 #: ``solve_budget(root_heuristics=False)``. scipy hands options it does not know to HiGHS verbatim,
-#: with a warning that ``_Program._milp`` keeps from the user; an older HiGHS without them (scipy <
-#: 1.15) ignores them with a warning kept back too, and solves with its sub-MIPs (slower, the same
+#: with a warning that ``_Program._milp`` keeps from the user; a bundled HiGHS older than these
+#: options ignores them with a warning kept back too, and solves with its sub-MIPs (slower, the same
 #: proofs).
 _NO_ROOT_SUB_MIPS = {
     "mip_heuristic_run_rens": False,
