@@ -165,8 +165,7 @@ def live_profile(
 
 def tangent_storages(analysis: JointGraphAnalysis) -> dict[StorageKey, int]:
     """Bytes of each incoming gradient (a tangent placeholder owns its storage)."""
-    tangents = (n for n in analysis.facts if n.op == "placeholder" and compat.is_tangent(n))
-    return {(n, None): nbytes for n in tangents if (nbytes := tensor_bytes(n.meta.get("val")))}
+    return {(n, None): nbytes for n in analysis.tangents if (nbytes := tensor_bytes(n.meta.get("val")))}
 
 
 def backward_live_in(

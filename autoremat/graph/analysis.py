@@ -11,6 +11,7 @@ guarded on. An unbacked size (``nonzero``, ``.item()``) has no hint: it is plann
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -84,6 +85,11 @@ class JointGraphAnalysis:
     notes: list[str] = field(default_factory=list)
     #: each node's storage and allocations, shared by every plan the memory model simulates
     storages: StorageIndex = field(default_factory=StorageIndex)
+
+    @functools.cached_property
+    def tangents(self) -> tuple[fx.Node, ...]:
+        """The incoming gradients' placeholders (the memory model asks for every plan it simulates)."""
+        return tuple(n for n in self.facts if n.op == "placeholder" and compat.is_tangent(n))
 
     def is_forward(self, node: fx.Node) -> bool:
         return node in self.forward_nodes

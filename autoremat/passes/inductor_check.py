@@ -84,6 +84,7 @@ class InductorCheck:
         confirmations in a compile).
         """
         saved = candidate.cut.saved
+        self.peak(candidate)  # checked first, if it never was
         if saved in self._estimated:  # the backward's replay stands: only the forward is missing
             self._estimated.discard(saved)
             started = time.perf_counter()
@@ -94,7 +95,7 @@ class InductorCheck:
             self._phases[saved] = (forward, backward)
             self._calibrate(candidate, forward)
             self.seconds += time.perf_counter() - started
-        return self.peak(candidate)
+        return self._peaks[saved]
 
     def _split(self, saved: tuple[fx.Node, ...]) -> tuple[fx.GraphModule, fx.GraphModule]:
         fw, bw = split_joint_graph(self.joint, self.analysis, saved)

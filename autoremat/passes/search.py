@@ -217,6 +217,11 @@ class _Checked:
         estimate a forward's peak to spare a replay: ``InductorCheck.confirm``)."""
         return self._ask(candidate, confirm=True)
 
+    def fits(self, candidate: Candidate, cap: int) -> bool:
+        """Whether ``candidate`` fits ``cap`` by its checked peak and then by its confirmation (a
+        plan that misses on the first is never confirmed: a confirmation may cost a replay)."""
+        return self.peak(candidate) <= cap and self.confirmed(candidate) <= cap
+
     def _ask(self, candidate: Candidate, *, confirm: bool) -> int:
         if self.check is None:
             return candidate.peak
@@ -349,13 +354,13 @@ class _Checked:
                 if budget == 0 or math.floor(candidate.peak * ratio) > cap * ESTIMATE_SLACK:
                     continue
                 budget -= 1
-            if self.peak(candidate) <= cap and self.confirmed(candidate) <= cap:
+            if self.fits(candidate, cap):
                 return candidate
             if self.check is None:
                 return self.ctx.pool.fastest_within(model_cap)
         fitting = [c for c in self.ctx.pool.plans.values() if _within(self.check.known(c), cap)]
         for candidate in sorted(fitting, key=lambda c: (c.time_s, c.peak)):
-            if self.confirmed(candidate) <= cap:
+            if self.fits(candidate, cap):
                 return candidate
             if self.check is None:
                 return self.ctx.pool.fastest_within(model_cap)
@@ -415,7 +420,7 @@ class _Checked:
         by_peak = sorted(_frontier(self.ctx.pool.plans.values()), key=lambda c: c.peak)
         unchecked = [c for c in by_peak if self.check.known(c) is None][:MAX_FINALIST_CHECKS]
         for candidate in unchecked:
-            if self.peak(candidate) <= cap and self.confirmed(candidate) <= cap:
+            if self.fits(candidate, cap):
                 return candidate
             if self.check is None:
                 return None
@@ -438,11 +443,7 @@ def _frontier(candidates: Iterable[Candidate]) -> list[Candidate]:
 def _search(ctx: SearchContext, target: BudgetTarget, chosen: Solver, checked: _Checked) -> SolveResult:
     """The search of the module docstring; ``solve`` validates and reports."""
     runtime_optimal = _runtime_optimal(ctx, chosen)
-    if (
-        target.cap_bytes is not None
-        and checked.peak(runtime_optimal) <= target.cap_bytes
-        and checked.confirmed(runtime_optimal) <= target.cap_bytes
-    ):
+    if target.cap_bytes is not None and checked.fits(runtime_optimal, target.cap_bytes):
         return _result(ctx, checked, runtime_optimal, target.cap_bytes, runtime_optimal, runtime_optimal)
 
     ctx.low = solve_min_cut(ctx.analysis, least_memory_rules(ctx.base))
