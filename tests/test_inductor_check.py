@@ -420,3 +420,122 @@ def test_a_plan_chosen_on_an_estimated_forward_is_confirmed_with_its_forward_rep
     checked = _checked_over([fast, slow], check)
     assert checked.fastest_within(1000, 10**9) is slow
     assert check.known(slow) == 900
+
+
+def _calibrating_check(monkeypatch, real_forward: dict[str, int], backward: int = 900):
+    """An InductorCheck over a stand-in replay: every plan's backward peaks at ``backward``, its
+    forward at ``real_forward[name]``; ``calls`` records (plan, forward bound) per replay."""
+    from autoremat.cost_models.inductor_memory import InductorStepPeak
+    from autoremat.passes import inductor_check
+
+    calls: list[tuple[str, int | None]] = []
+
+    def step_peak(fw, bw, n, patches, *, forward_bound, own_graphs):
+        calls.append((fw.name, forward_bound))
+        replay = InductorStepPeak(max(real_forward[fw.name], backward), real_forward[fw.name], backward, 500)
+        return replay.bounded(forward_bound)
+
+    def forward_peak(fw, patches, *, own_graphs):
+        calls.append((fw.name, "forward"))
+        return real_forward[fw.name]
+
+    monkeypatch.setattr(
+        inductor_check,
+        "split_joint_graph",
+        lambda joint, analysis, saved: (SimpleNamespace(name=saved[0], graph=SimpleNamespace(nodes=[])),) * 2,
+    )
+    monkeypatch.setattr(inductor_check, "inductor_step_peak", step_peak)
+    monkeypatch.setattr(inductor_check, "inductor_forward_peak", forward_peak)
+    return inductor_check.InductorCheck(None, SimpleNamespace(num_fwd_outputs=1), {}), calls
+
+
+def test_a_plan_measured_ahead_checks_as_if_replayed_when_asked(monkeypatch):
+    """``prefetch`` measures a plan on the worker thread with both phases; ``peak`` reads it on the
+    forward estimate the check holds when asked, so every answer, the calibration, and what a
+    confirmation learns are those of the check replaying each plan in turn (the first test above);
+    a confirmation of a prefetched plan needs no replay."""
+    import threading
+
+    real_forward = {"a": 800, "b": 1000, "c": 800, "d": 1060}
+    plans = [
+        Candidate(SimpleNamespace(saved=(name,)), 2000, 1.0, "test", None, modelled)
+        for name, modelled in (("a", 1000), ("b", 1050), ("c", 1150), ("d", 1150))
+    ]
+    answers = {}
+    for ahead in (False, True):
+        check, calls = _calibrating_check(monkeypatch, real_forward)
+        got = []
+        for plan in plans:
+            if ahead:
+                check.prefetch(plan)
+            got.append((check.peak(plan), check.phases(plan), check.forward_overshoot, check.forward_replays))
+        got.append((check.confirm(plans[1]), check.phases(plans[1]), check.forward_overshoot))
+        check.drain()
+        answers[ahead] = got
+        if ahead:
+            # measured whole once each, on no bound; nothing replayed on the search's thread
+            assert calls == [(p.cut.saved[0], None) for p in plans]
+            assert check.prefetches == check.prefetches_used == len(plans)
+        else:
+            assert ("b", "forward") in calls  # the confirmation replayed b's forward
+    assert answers[True] == answers[False]
+    # b's forward was estimated (850 <= its backward's 900), and its confirmation found 1000
+    assert answers[False][1][1] == (850, 900) and answers[False][-1][:2] == (1000, (1000, 900))
+    assert not any(t.name.startswith("autoremat-check") for t in threading.enumerate())
+
+
+def test_a_measurement_ahead_that_fails_fails_the_check_when_asked(monkeypatch):
+    """An exception on the worker thread surfaces where the search asks (which degrades to the
+    memory model, test_a_failing_check_degrades...); a failed guess nobody asks for is dropped."""
+    check, _ = _calibrating_check(monkeypatch, {"a": 800})
+    bad = Candidate(SimpleNamespace(saved=("missing",)), 2000, 1.0, "test", None, 1000)
+    check.prefetch(bad)
+    with pytest.raises(KeyError):
+        check.peak(bad)
+    unasked = Candidate(SimpleNamespace(saved=("gone",)), 2000, 1.0, "test", None, 1000)
+    check.prefetch(unasked)
+    check.drain()
+    assert check.peak(Candidate(SimpleNamespace(saved=("a",)), 2000, 1.0, "test", None, 1000)) == 900
+
+
+class PrefetchingCheck(ScaledCheck):
+    """ScaledCheck that records what the search asks it to measure ahead, and when it drains."""
+
+    def __init__(self, **kw) -> None:
+        super().__init__(**kw)
+        self.events: list[tuple[str, object]] = []
+
+    def peak(self, candidate: Candidate) -> int:
+        self.events.append(("peak", candidate.cut.saved))
+        return super().peak(candidate)
+
+    def prefetch(self, candidate: Candidate) -> None:
+        self.events.append(("prefetch", candidate.cut.saved))
+
+    def drain(self) -> None:
+        self.events.append(("drain", None))
+
+
+def test_the_search_names_the_plans_it_will_check_before_its_solves_and_drains_before_it_ends(monkeypatch):
+    """The search lets a check measure ahead (``_Checked.prefetch``): the runtime-optimal plan during
+    the solve for budget 1.0's fastest plan, drained before the explorers run torch's partitioner,
+    and then the first finalist for the target during the grid's solves after the target's proposal.
+    The plan is the one the same check makes without measuring ahead, and nothing is in flight after."""
+    plain = _plan(0.5, ScaledCheck(share=0.7), monkeypatch)
+    check = PrefetchingCheck(share=0.7)
+    plan = _plan(0.5, check, monkeypatch)
+    assert plan.digest() == plain.digest() and plan.predicted_peak_bytes == plain.predicted_peak_bytes
+    kinds = [kind for kind, _ in check.events]
+    assert kinds[0] == "prefetch" and kinds[1] == "drain" and kinds[-1] == "drain"
+    runtime_optimal = check.events[0][1]
+    assert ("peak", runtime_optimal) in check.events
+    # guesses for the target follow the anchors' checks, and never name a plan checked already
+    asked: set = set()
+    ahead = []
+    for kind, saved in check.events[2:]:
+        if kind == "peak":
+            asked.add(saved)
+        elif kind == "prefetch":
+            assert saved not in asked
+            ahead.append(saved)
+    assert ahead and plan.solver_stats["checked_plans"] == len(asked | {runtime_optimal})

@@ -44,6 +44,23 @@ class InductorStepPeak:
     forward_end_bytes: int
     #: whether the forward was replayed; False when ``forward_bound`` stood in for its peak
     forward_replayed: bool = True
+    #: whether the forward had to be replayed whatever its bound (layout optimisation: the backward
+    #: is lowered with the strides the forward returns)
+    forward_required: bool = False
+
+    def bounded(self, forward_bound: int | None) -> InductorStepPeak:
+        """What ``inductor_step_peak`` returns with ``forward_bound`` for the plan that this replay,
+        made with both phases, measured: the same answer, whether the forward's replay was skipped or
+        not (a planner that measured ahead of asking still decides on the bound it holds then)."""
+        if self.forward_required or forward_bound is None or self.backward_peak_bytes < forward_bound:
+            return self
+        return InductorStepPeak(
+            max(forward_bound, self.backward_peak_bytes),
+            forward_bound,
+            self.backward_peak_bytes,
+            self.forward_end_bytes,
+            forward_replayed=False,
+        )
 
 
 def _outputs(gm: fx.GraphModule) -> list[Any]:
@@ -256,7 +273,8 @@ def inductor_step_peak(
     returned = _returned_by_fx(fw)
     donated = _donated_idxs(fw, bw, num_fwd_outputs)
     fw_peak = None
-    if compat.inductor_layout_optimisation(fw, config_patches):
+    required = compat.inductor_layout_optimisation(fw, config_patches)
+    if required:
         # lowered with the FX metadata's strides, the backward would plan copies the real one never makes
         fw_peak, returned = _replay_forward(fw, config_patches, copy_graph, len(output_names))
     handoff = _handoff(output_names, returned, bw)
@@ -271,11 +289,12 @@ def inductor_step_peak(
     bw_peak, bw_start = _replay(bw_inputs, bw_events, handoff.activations)
     # the backward's peak above its start, on top of everything the forward left live
     backward = handoff.forward_end_bytes + bw_peak - bw_start
-    replayed = fw_peak is not None or forward_bound is None or backward < forward_bound
-    if not replayed:
-        fw_peak = forward_bound
-    elif fw_peak is None:
+    if fw_peak is None:
+        if forward_bound is not None and backward >= forward_bound:
+            return InductorStepPeak(
+                backward, forward_bound, backward, handoff.forward_end_bytes, forward_replayed=False
+            )
         fw_peak, _ = _replay_forward(fw, config_patches, copy_graph, len(output_names))
     return InductorStepPeak(
-        max(fw_peak, backward), fw_peak, backward, handoff.forward_end_bytes, forward_replayed=replayed
+        max(fw_peak, backward), fw_peak, backward, handoff.forward_end_bytes, forward_required=required
     )

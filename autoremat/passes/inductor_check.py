@@ -10,22 +10,34 @@ search therefore checks its finalists with a replay of the memory plan Inductor 
 on the checked peaks. A replay costs about one lowering and scheduling of the backward, so few plans
 are checked: the runtime-optimal and least-peak plans (they fix the budget's scale), then the fastest
 finalists, in order, until one fits.
+
+A check is Python work (lowering, scheduling) and the MILP's solves are HiGHS' (which releases the
+GIL), so on two cores the two overlap: the search names a plan it will check before a solve whose
+result that check does not depend on (``InductorCheck.prefetch``), one worker thread measures it
+while the solve runs, and the search reads the measurement when it asks, as if it had replayed the
+plan then. What a check returns, and therefore every plan, is the same as without the overlap.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from typing import Any
 
+import torch
 import torch.fx as fx
 
-from autoremat.cost_models.inductor_memory import inductor_forward_peak, inductor_step_peak
+from autoremat.cost_models.inductor_memory import InductorStepPeak, inductor_forward_peak, inductor_step_peak
 from autoremat.graph.analysis import JointGraphAnalysis
 from autoremat.passes.pool import Candidate
 from autoremat.passes.rewrite import split_joint_graph
 
 log = logging.getLogger("autoremat")
+
+#: whether a check may measure plans ahead on its worker thread (``InductorCheck.prefetch``); off, it
+#: replays each plan when asked (the same plans: ``benchmarks/compile_time.py`` times both)
+MEASURE_AHEAD = True
 
 
 class InductorCheck:
@@ -55,6 +67,17 @@ class InductorCheck:
         self.forward_replays = 0
         #: checked plans whose forward peak is the estimate, not a replay
         self._estimated: set[tuple[fx.Node, ...]] = set()
+        #: plans measured ahead of the search's asking (``prefetch``), both phases replayed
+        self._prefetched: dict[tuple[fx.Node, ...], Future[tuple[InductorStepPeak, float]]] = {}
+        #: forward peaks a prefetch replayed for plans whose check stands on the estimate: their
+        #: confirmation needs no replay
+        self._spare_forwards: dict[tuple[fx.Node, ...], int] = {}
+        self._worker: ThreadPoolExecutor | None = None
+        #: plans measured ahead, those of them the search asked for, and the seconds it waited on
+        #: checks (its own replays included)
+        self.prefetches = 0
+        self.prefetches_used = 0
+        self.wait_seconds = 0.0
 
     @property
     def checks(self) -> int:
@@ -70,8 +93,62 @@ class InductorCheck:
     def peak(self, candidate: Candidate) -> int:
         saved = candidate.cut.saved
         if saved not in self._peaks:
-            self._replay(candidate, self._forward_estimate(candidate))
+            started = time.perf_counter()
+            future = self._prefetched.pop(saved, None)
+            if future is None:
+                self._replay(candidate, self._forward_estimate(candidate))
+            else:
+                result, seconds = future.result()  # raises what the measurement raised
+                self.prefetches_used += 1
+                self.seconds += seconds
+                self._record(candidate, result.bounded(self._forward_estimate(candidate)))
+                if saved in self._estimated:
+                    self._spare_forwards[saved] = result.forward_peak_bytes
+            self.wait_seconds += time.perf_counter() - started
         return self._peaks[saved]
+
+    def prefetch(self, candidate: Candidate) -> None:
+        """Start measuring ``candidate`` on the worker thread, for a search about to run a solve it
+        will check this plan after: the measurement runs while HiGHS holds no GIL. Both phases are
+        replayed (the forward's estimate, ``_forward_estimate``, is the one the search holds when it
+        asks: ``peak`` reads the measurement as a replay on that estimate would have come out).
+
+        The worker lowers with Inductor's process-wide config patched, so the caller must not
+        compile or partition meanwhile; ``drain`` waits for it."""
+        saved = candidate.cut.saved
+        if not MEASURE_AHEAD or saved in self._peaks or saved in self._prefetched:
+            return
+        if not all(future.done() for future in self._prefetched.values()):
+            return  # one measurement at a time: a queue would hold guesses the search may not need
+        self.prefetches += 1
+        log.debug("autoremat: measuring the %s plan (%d saved) ahead", candidate.source, len(saved))
+        if self._worker is None:
+            self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="autoremat-check")
+        # grad mode is the one thread-local state a lowering reads that the search's thread has
+        # set; the rest (fake mode, tracing context) the replay sets for itself
+        self._prefetched[saved] = self._worker.submit(self._measure, saved, torch.is_grad_enabled())
+
+    def drain(self) -> None:
+        """Wait for the worker (its measurements stay, for ``peak`` to read) and let its thread go."""
+        if self._worker is not None:
+            started = time.perf_counter()
+            self._worker.shutdown(wait=True)
+            self._worker = None
+            self.wait_seconds += time.perf_counter() - started
+
+    def _measure(self, saved: tuple[fx.Node, ...], grad: bool) -> tuple[InductorStepPeak, float]:
+        started = time.perf_counter()
+        with torch.set_grad_enabled(grad):
+            fw, bw = self._split(saved)
+            result = inductor_step_peak(
+                fw,
+                bw,
+                self.analysis.num_fwd_outputs,
+                self.config_patches,
+                forward_bound=None,
+                own_graphs=True,
+            )
+        return result, time.perf_counter() - started
 
     def confirm(self, candidate: Candidate) -> int:
         """The peak of ``candidate`` with its forward replayed too, for a plan about to be chosen.
@@ -88,13 +165,17 @@ class InductorCheck:
         if saved in self._estimated:  # the backward's replay stands: only the forward is missing
             self._estimated.discard(saved)
             started = time.perf_counter()
-            fw, _ = self._split(saved)
-            forward = inductor_forward_peak(fw, self.config_patches, own_graphs=True)
+            forward = self._spare_forwards.pop(saved, None)
+            if forward is None:
+                self._idle()
+                fw, _ = self._split(saved)
+                forward = inductor_forward_peak(fw, self.config_patches, own_graphs=True)
+                self.seconds += time.perf_counter() - started
             backward = self._phases[saved][1]
             self._peaks[saved] = max(forward, backward)
             self._phases[saved] = (forward, backward)
             self._calibrate(candidate, forward)
-            self.seconds += time.perf_counter() - started
+            self.wait_seconds += time.perf_counter() - started
         return self._peaks[saved]
 
     def _split(self, saved: tuple[fx.Node, ...]) -> tuple[fx.GraphModule, fx.GraphModule]:
@@ -113,10 +194,16 @@ class InductorCheck:
             if self.forward_overshoot is None or overshoot < self.forward_overshoot:
                 self.forward_overshoot = overshoot
 
+    def _idle(self) -> None:
+        """Wait for the worker's measurement in flight: two lowerings at once would patch
+        Inductor's config (and ``get_donated_idxs``) over each other and restore each other's
+        patches."""
+        wait([future for future in self._prefetched.values() if not future.done()])
+
     def _replay(self, candidate: Candidate, bound: int | None) -> None:
-        saved = candidate.cut.saved
+        self._idle()
         started = time.perf_counter()
-        fw, bw = self._split(saved)
+        fw, bw = self._split(candidate.cut.saved)
         result = inductor_step_peak(
             fw,
             bw,
@@ -125,13 +212,17 @@ class InductorCheck:
             forward_bound=bound,
             own_graphs=True,
         )
+        self.seconds += time.perf_counter() - started
+        self._record(candidate, result)
+
+    def _record(self, candidate: Candidate, result: InductorStepPeak) -> None:
+        saved = candidate.cut.saved
         self._peaks[saved] = result.peak_bytes
         self._phases[saved] = (result.forward_peak_bytes, result.backward_peak_bytes)
         if result.forward_replayed:
             self._calibrate(candidate, result.forward_peak_bytes)
         else:
             self._estimated.add(saved)
-        self.seconds += time.perf_counter() - started
         log.debug(
             "autoremat: %s plan (%d saved) peaks at %d bytes under Inductor (op-by-op %d)",
             candidate.source,

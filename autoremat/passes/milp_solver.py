@@ -243,6 +243,8 @@ class MilpSolver:
     def _solve(
         ctx: SearchContext, problem: BudgetProblem, node_limit: int = MILP_NODE_LIMIT, **objective: object
     ) -> MilpResult:
+        if ctx.before_solve is not None:
+            ctx.before_solve()
         result = solve_budget(problem, time_limit=ctx.deadline.slice(), node_limit=node_limit, **objective)
         relaxation = bool(objective.get("relaxation"))
         log.debug(

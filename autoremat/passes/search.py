@@ -112,6 +112,10 @@ class PeakCheck(Protocol):
         """``peak`` with nothing estimated, for a plan about to be chosen."""
         ...
 
+    # optional: ``prefetch(candidate)`` starts measuring a plan the search will ask about after a
+    # solve, and ``drain()`` waits for that (``inductor_check.py``); a check without them is asked
+    # in turn
+
 
 def solve(
     analysis: JointGraphAnalysis,
@@ -137,20 +141,10 @@ def solve(
     pool = Pool(analysis, costs, memory)
     ctx = SearchContext(analysis, costs, base, high, high, pool, deadline, joint=joint)
     checked = _Checked(ctx, check)
-    if target.is_runtime_optimal:
-        runtime_optimal = _runtime_optimal(ctx, SOLVERS[solver]())
-        status, gap = _status(runtime_optimal, runtime_optimal)
-        result = SolveResult(
-            runtime_optimal.cut,
-            runtime_optimal.cut,
-            runtime_optimal.source,
-            status,
-            gap,
-            checked.peak(runtime_optimal),
-            notes=ctx.notes,
-        )
-    else:
-        result = _search(ctx, target, SOLVERS[solver](), checked)
+    try:
+        result = _solve(ctx, target, SOLVERS[solver](), checked)
+    finally:
+        checked.drain()  # no measurement may outlive the search: the compile that follows patches
     # what predicted_peak_bytes and the budget's scale are in: the memory model's peaks, or the
     # check's ("inductor-plan") when plans were checked against Inductor's schedule
     result.stats["peak_model"] = checked.model_name
@@ -166,6 +160,22 @@ def solve(
         )
         log.info("autoremat: %s", result.notes[-1])
     return result
+
+
+def _solve(ctx: SearchContext, target: BudgetTarget, chosen: Solver, checked: _Checked) -> SolveResult:
+    if target.is_runtime_optimal:
+        runtime_optimal = _runtime_optimal(ctx, chosen, checked)
+        status, gap = _status(runtime_optimal, runtime_optimal)
+        return SolveResult(
+            runtime_optimal.cut,
+            runtime_optimal.cut,
+            runtime_optimal.source,
+            status,
+            gap,
+            checked.peak(runtime_optimal),
+            notes=ctx.notes,
+        )
+    return _search(ctx, target, chosen, checked)
 
 
 #: the most plans beyond the runtime-optimal and least-peak ones that one search checks for the
@@ -205,9 +215,25 @@ class _Checked:
         return {
             "checked_plans": getattr(self._given, "checks", None),
             "check_seconds": getattr(self._given, "seconds", None),
+            "check_wait_seconds": getattr(self._given, "wait_seconds", None),
+            "check_prefetched": getattr(self._given, "prefetches", None),
+            "check_prefetches_used": getattr(self._given, "prefetches_used", None),
             "check_forward_replays": getattr(self._given, "forward_replays", None),
             "check_failed": self.check is None,
         }
+
+    def prefetch(self, candidate: Candidate | None) -> None:
+        """Let the check measure ``candidate`` during the solve the search runs next (when the check
+        can: ``InductorCheck.prefetch``); what the search learns stays the same."""
+        prefetch = getattr(self.check, "prefetch", None)
+        if candidate is not None and prefetch is not None:
+            prefetch(candidate)
+
+    def drain(self) -> None:
+        """Wait for the check's measurements in flight (before anything but a solve runs)."""
+        drain = getattr(self._given, "drain", None)
+        if drain is not None:
+            drain()
 
     def peak(self, candidate: Candidate) -> int:
         return self._ask(candidate, confirm=False)
@@ -348,10 +374,9 @@ class _Checked:
         if self.check is None:
             return self.ctx.pool.fastest_within(model_cap)
         budget = MAX_FINALIST_CHECKS
-        ratio = min(self._ratio(anchor) for anchor in self.anchors) if self.anchors else 1.0
         for candidate in _frontier(self.ctx.pool.plans.values()):
             if self.check is not None and self.check.known(candidate) is None:
-                if budget == 0 or math.floor(candidate.peak * ratio) > cap * ESTIMATE_SLACK:
+                if budget == 0 or not self._may_fit(candidate, cap):
                     continue
                 budget -= 1
             if self.fits(candidate, cap):
@@ -364,6 +389,24 @@ class _Checked:
                 return candidate
             if self.check is None:
                 return self.ctx.pool.fastest_within(model_cap)
+        return None
+
+    def _may_fit(self, candidate: Candidate, cap: int) -> bool:
+        """Whether ``candidate`` can fit ``cap`` at the anchors' most favourable checked/model ratio."""
+        ratio = min(self._ratio(anchor) for anchor in self.anchors) if self.anchors else 1.0
+        return math.floor(candidate.peak * ratio) <= cap * ESTIMATE_SLACK
+
+    def first_finalist(self, cap: int) -> Candidate | None:
+        """The plan ``fastest_within(cap)`` would check first if asked now, or None when it would
+        check nothing (it stops at a checked plan that fits first)."""
+        if self.check is None:
+            return None
+        for candidate in _frontier(self.ctx.pool.plans.values()):
+            known = self.check.known(candidate)
+            if known is not None and known <= cap:
+                return None
+            if known is None and self._may_fit(candidate, cap):
+                return candidate
         return None
 
     def recalibrated_cap(
@@ -442,7 +485,7 @@ def _frontier(candidates: Iterable[Candidate]) -> list[Candidate]:
 
 def _search(ctx: SearchContext, target: BudgetTarget, chosen: Solver, checked: _Checked) -> SolveResult:
     """The search of the module docstring; ``solve`` validates and reports."""
-    runtime_optimal = _runtime_optimal(ctx, chosen)
+    runtime_optimal = _runtime_optimal(ctx, chosen, checked)
     if target.cap_bytes is not None and checked.fits(runtime_optimal, target.cap_bytes):
         return _result(ctx, checked, runtime_optimal, target.cap_bytes, runtime_optimal, runtime_optimal)
 
@@ -479,12 +522,15 @@ def _search(ctx: SearchContext, target: BudgetTarget, chosen: Solver, checked: _
     caps = [model_cap] + [
         int(least.peak + f * span) for f in GRID_FRACTIONS if least.peak + f * span < model_cap
     ]
+    earlier = set(ctx.pool.plans)
     for i, each in enumerate(caps):
         if not healthy[chosen.name]:
             break
         ctx.grid = i > 0
         healthy[chosen.name] = _guard(ctx, chosen, "budget", lambda c, each=each: chosen.propose(c, each))
-    ctx.grid = False
+        if i == 0:
+            _measure_ahead(ctx, checked, cap, earlier)
+    ctx.grid, ctx.before_solve = False, None
     _fall_back_if_needed(ctx, chosen, healthy[chosen.name], model_cap)
     best = checked.fastest_within(cap, model_cap)
     best = _recalibrate(
@@ -498,6 +544,22 @@ def _search(ctx: SearchContext, target: BudgetTarget, chosen: Solver, checked: _
         # it was never checked) shows the plan is not optimal for the budget
         result.status = "within-budget"
     return result
+
+
+def _measure_ahead(ctx: SearchContext, checked: _Checked, cap: int, earlier: set[Any]) -> None:
+    """From now on, before each solve, let the check measure the plan ``fastest_within(cap)`` would
+    check first, if it is one of the target's proposals (not among the ``earlier`` plans, which the
+    proposals were there to beat): during the grid's solves, which rarely find a faster plan. Not
+    during the solves for the target itself, or a correction round's: a second reference's answer
+    often ties the first's on predicted time and peak and wins the tie by a hair (quick llama at
+    0.5: 57 and 58 values saved, twice), and a wrong guess delays the check the search then asks for."""
+
+    def before_solve() -> None:
+        candidate = checked.first_finalist(cap)
+        if candidate is not None and candidate.cut.saved not in earlier:
+            checked.prefetch(candidate)
+
+    ctx.before_solve = before_solve
 
 
 def _recalibrate(
@@ -551,7 +613,7 @@ def _fall_back_if_needed(ctx: SearchContext, chosen: Solver, healthy: bool, mode
     _guard(ctx, fallback, "budget", lambda c: fallback.propose(c, model_cap))
 
 
-def _runtime_optimal(ctx: SearchContext, chosen: Solver) -> Candidate:
+def _runtime_optimal(ctx: SearchContext, chosen: Solver, checked: _Checked | None = None) -> Candidate:
     """The budget-1.0 plan: the min-cut's, unless the chosen solver's ``fastest`` (when it has one:
     the MILP's least recompute time within the min-cut plan's peak) finds a plan that beats it on
     both counts (no more peak, less predicted time). The min-cut minimises its own edge weights,
@@ -564,7 +626,13 @@ def _runtime_optimal(ctx: SearchContext, chosen: Solver) -> Candidate:
     if fastest is None:
         return high
     before = set(ctx.pool.plans)
+    if checked is not None:
+        # the min-cut plan is the runtime-optimal one unless this solve finds one that dominates
+        # it (rare): it is measured while the solve runs
+        checked.prefetch(high)
     _guard(ctx, chosen, "fastest", lambda c: fastest(c, high.peak))
+    if checked is not None:
+        checked.drain()  # the explorers that follow run torch's own partitioner
     found = [
         c
         for key, c in ctx.pool.plans.items()

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -109,6 +109,9 @@ class SearchContext:
     #: budget keeps so it never picks a slower plan than a tighter one): a solver for which each
     #: proposal is costly may skip these
     grid: bool = False
+    #: called by a solver before each solve that leaves the GIL for seconds (HiGHS): the search
+    #: uses the wait to measure a plan it will check (``search._Checked.prefetch``)
+    before_solve: Callable[[], None] | None = None
 
 
 class Solver(Protocol):
