@@ -7,9 +7,10 @@ shim below says what differs between versions. Nothing outside this module impor
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -87,6 +88,7 @@ __all__ = [
     "inductor_mode_names",
     "inductor_memory_plan",
     "inductor_layout_optimisation",
+    "carried_thread_state",
     "inductor_peak_patches",
     "MemoryEvent",
     "TensorLayout",
@@ -564,6 +566,27 @@ def _restrided(inputs: list[Any], strides: Sequence[Sequence[int] | None]) -> li
     return restrided
 
 
+def carried_thread_state() -> Callable[[], contextlib.AbstractContextManager[None]]:
+    """The calling thread's state that an Inductor lowering reads, to re-enter on a worker thread:
+    grad mode and the Python dispatcher (both set inside AOTAutograd's compile, where the partitioner
+    runs: grad off, dispatcher on). The compile's fake mode and tracing context are left out: the
+    memory plan's lowering leaves them anyway (``inductor_memory_plan``)."""
+    grad = torch.is_grad_enabled()
+    dispatcher = torch._C._dispatch_tls_is_dispatch_key_included(torch._C.DispatchKey.PythonDispatcher)
+
+    @contextlib.contextmanager
+    def entered() -> Iterator[None]:
+        from torch._dispatch.python import enable_python_dispatcher
+
+        with (
+            torch.set_grad_enabled(grad),
+            enable_python_dispatcher() if dispatcher else contextlib.nullcontext(),
+        ):
+            yield
+
+    return entered
+
+
 def inductor_layout_optimisation(gm: fx.GraphModule, config_patches: dict[str, Any] | None = None) -> bool:
     """Whether Inductor's layout optimisation applies to ``gm`` (``GraphLowering.decide_layout_opt``,
     under ``config_patches``): it then runs the convolutions channels-last and returns the values a
@@ -614,8 +637,6 @@ def _inductor_memory_plan(
     config_patches: dict[str, Any] | None,
     input_strides: Sequence[Sequence[int] | None],
 ) -> tuple[dict[str, int], list[MemoryEvent]]:
-    import contextlib
-
     import torch._inductor.graph as graph_module
     from torch._inductor import ir
     from torch._inductor.codegen import wrapper

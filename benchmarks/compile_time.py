@@ -7,7 +7,8 @@ with torch's own ``activation_memory_budget``, on the same model and budget.
 Each case compiles cold (Inductor's caches off) and runs one forward + backward; the wall time of
 that first step is the compile time users wait for. One process, a warm-up compile first (imports,
 Inductor's one-time setup), then the strategies interleaved per repeat, median reported. Prints a
-markdown table with the ratios.
+markdown table with the ratios, and whether the check measuring plans ahead chose the same plans as
+the check replaying them in turn (it must: ``passes/inductor_check.py``).
 """
 
 from __future__ import annotations
@@ -25,8 +26,11 @@ from benchmarks.models import PROFILES, case_by_name
 STRATEGIES = ("torch_budget", "autoremat_unchecked", "autoremat_in_turn", "autoremat")
 
 
-def first_step_seconds(model_name: str, profile: str, strategy: str, budget: float) -> tuple[float, float]:
-    """(wall seconds of the cold first step, seconds autoremat spent partitioning, 0 for torch)."""
+def first_step_seconds(
+    model_name: str, profile: str, strategy: str, budget: float
+) -> tuple[float, float, tuple[str, ...]]:
+    """(wall seconds of the cold first step, seconds autoremat spent partitioning, 0 for torch, the
+    digests of autoremat's plans)."""
     import autoremat
 
     case = case_by_name(profile, model_name)
@@ -49,8 +53,8 @@ def first_step_seconds(model_name: str, profile: str, strategy: str, budget: flo
             seconds = time.perf_counter() - started
     finally:
         inductor_check.MEASURE_AHEAD = True
-    partition = sum(p.partition_seconds for p in autoremat.plan.recorded_since(before))
-    return seconds, partition
+    plans = autoremat.plan.recorded_since(before)
+    return seconds, sum(p.partition_seconds for p in plans), tuple(p.digest() for p in plans)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -64,24 +68,26 @@ def main(argv: list[str] | None = None) -> None:
     warm(torch.randn(2, 8)).sum().backward()
     lines = [
         "| model | profile | torch knob s | autoremat unchecked s | checks in turn s (partition s) | "
-        "autoremat s (partition s) | autoremat / unchecked | autoremat / torch knob |",
-        "|---|---|---:|---:|---:|---:|---:|---:|",
+        "autoremat s (partition s) | same plans | autoremat / unchecked | autoremat / torch knob |",
+        "|---|---|---:|---:|---:|---:|---|---:|---:|",
     ]
     for profile in args.profile:
         for name in args.models:
-            runs: dict[str, list[tuple[float, float]]] = {s: [] for s in STRATEGIES}
+            runs: dict[str, list[tuple[float, float, tuple[str, ...]]]] = {s: [] for s in STRATEGIES}
             for _ in range(args.repeats):
                 for strategy in STRATEGIES:
                     runs[strategy].append(first_step_seconds(name, profile, strategy, args.budget))
-                    print(name, profile, strategy, runs[strategy][-1], flush=True)
-            med = {s: statistics.median(t for t, _ in r) for s, r in runs.items()}
-            part = {s: statistics.median(p for _, p in r) for s, r in runs.items()}
+                    print(name, profile, strategy, runs[strategy][-1][:2], flush=True)
+            med = {s: statistics.median(t for t, _, _ in r) for s, r in runs.items()}
+            part = {s: statistics.median(p for _, p, _ in r) for s, r in runs.items()}
+            # measuring ahead must not change a plan: every run of both gave the same digests
+            same = len({d for s in ("autoremat", "autoremat_in_turn") for _, _, d in runs[s]}) == 1
             checked, unchecked, knob = med["autoremat"], med["autoremat_unchecked"], med["torch_budget"]
             in_turn = med["autoremat_in_turn"]
             lines.append(
                 f"| {name} | {profile} | {knob:.1f} | {unchecked:.1f} | "
                 f"{in_turn:.1f} ({part['autoremat_in_turn']:.1f}) | "
-                f"{checked:.1f} ({part['autoremat']:.1f}) | "
+                f"{checked:.1f} ({part['autoremat']:.1f}) | {'yes' if same else 'NO'} | "
                 f"{checked / unchecked:.2f} | {checked / knob:.2f} |"
             )
     print(f"\ntorch {torch.__version__}, budget {args.budget}, median of {args.repeats}\n")

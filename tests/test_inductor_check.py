@@ -432,8 +432,9 @@ def _calibrating_check(monkeypatch, real_forward: dict[str, int], backward: int 
 
     def step_peak(fw, bw, n, patches, *, forward_bound, own_graphs):
         calls.append((fw.name, forward_bound))
-        replay = InductorStepPeak(max(real_forward[fw.name], backward), real_forward[fw.name], backward, 500)
-        return replay.bounded(forward_bound)
+        if forward_bound is not None and backward >= forward_bound:  # inductor_step_peak's rule
+            return InductorStepPeak(backward, forward_bound, backward, 500, forward_replayed=False)
+        return InductorStepPeak(max(real_forward[fw.name], backward), real_forward[fw.name], backward, 500)
 
     def forward_peak(fw, patches, *, own_graphs):
         calls.append((fw.name, "forward"))
@@ -450,10 +451,10 @@ def _calibrating_check(monkeypatch, real_forward: dict[str, int], backward: int 
 
 
 def test_a_plan_measured_ahead_checks_as_if_replayed_when_asked(monkeypatch):
-    """``prefetch`` measures a plan on the worker thread with both phases; ``peak`` reads it on the
-    forward estimate the check holds when asked, so every answer, the calibration, and what a
-    confirmation learns are those of the check replaying each plan in turn (the first test above);
-    a confirmation of a prefetched plan needs no replay."""
+    """``prefetch`` measures a plan on the worker thread (its backward, and its forward apart);
+    ``peak`` reads it on the forward estimate the check holds when asked, so every answer, the
+    calibration, and what a confirmation learns are those of the check replaying each plan in turn
+    (the first test above); a confirmation of a prefetched plan needs no replay."""
     import threading
 
     real_forward = {"a": 800, "b": 1000, "c": 800, "d": 1060}
@@ -473,8 +474,9 @@ def test_a_plan_measured_ahead_checks_as_if_replayed_when_asked(monkeypatch):
         check.drain()
         answers[ahead] = got
         if ahead:
-            # measured whole once each, on no bound; nothing replayed on the search's thread
-            assert calls == [(p.cut.saved[0], None) for p in plans]
+            # each measured once, the backward on bound 0 and the forward apart; nothing replayed
+            # on the search's thread, the confirmation included
+            assert calls == [c for p in plans for c in ((p.cut.saved[0], 0), (p.cut.saved[0], "forward"))]
             assert check.prefetches == check.prefetches_used == len(plans)
         else:
             assert ("b", "forward") in calls  # the confirmation replayed b's forward
@@ -484,18 +486,73 @@ def test_a_plan_measured_ahead_checks_as_if_replayed_when_asked(monkeypatch):
     assert not any(t.name.startswith("autoremat-check") for t in threading.enumerate())
 
 
-def test_a_measurement_ahead_that_fails_fails_the_check_when_asked(monkeypatch):
+def test_a_measurement_ahead_fails_the_check_where_a_replay_in_turn_would(monkeypatch):
     """An exception on the worker thread surfaces where the search asks (which degrades to the
-    memory model, test_a_failing_check_degrades...); a failed guess nobody asks for is dropped."""
+    memory model, test_a_failing_check_degrades...), and only if the replay in turn would have
+    raised it: a forward that fails to lower fails a check whose estimate spares the forward at its
+    confirmation, not before. A failed guess nobody asks for is dropped."""
+    from autoremat.passes import inductor_check
+
     check, _ = _calibrating_check(monkeypatch, {"a": 800})
     bad = Candidate(SimpleNamespace(saved=("missing",)), 2000, 1.0, "test", None, 1000)
     check.prefetch(bad)
     with pytest.raises(KeyError):
-        check.peak(bad)
+        check.peak(bad)  # the forward is needed (estimate 1000 above the backward's 900)
+
+    def forward_fails(fw, patches, *, own_graphs):
+        raise RuntimeError("the forward does not lower")
+
+    monkeypatch.setattr(inductor_check, "inductor_forward_peak", forward_fails)
+    check.forward_overshoot = 300  # estimates 700 below the backward's 900: forwards spared
+    spared = Candidate(SimpleNamespace(saved=("a",)), 2000, 1.0, "test", None, 1000)
+    check.prefetch(spared)
+    assert check.peak(spared) == 900 and check.phases(spared) == (700, 900)
+    with pytest.raises(RuntimeError, match="does not lower"):
+        check.confirm(spared)
     unasked = Candidate(SimpleNamespace(saved=("gone",)), 2000, 1.0, "test", None, 1000)
     check.prefetch(unasked)
     check.drain()
-    assert check.peak(Candidate(SimpleNamespace(saved=("a",)), 2000, 1.0, "test", None, 1000)) == 900
+
+
+def test_no_two_lowerings_run_at_once(monkeypatch):
+    """Inductor's config patches are process-wide: a replay the search makes while a measurement
+    ahead is still lowering waits for it (two lowerings at once would restore each other's patches)."""
+    import threading
+    import time
+
+    from autoremat.cost_models.inductor_memory import InductorStepPeak
+    from autoremat.passes import inductor_check
+
+    active, most, order = [0], [0], []
+    release = threading.Event()
+
+    def step_peak(fw, bw, n, patches, *, forward_bound, own_graphs):
+        active[0] += 1
+        most[0] = max(most[0], active[0])
+        order.append(("start", fw.name))
+        if fw.name == "slow":
+            release.wait(timeout=10)
+        time.sleep(0.01)
+        order.append(("end", fw.name))
+        active[0] -= 1
+        return InductorStepPeak(900, 800, 900, 500)
+
+    monkeypatch.setattr(
+        inductor_check,
+        "split_joint_graph",
+        lambda joint, analysis, saved: (SimpleNamespace(name=saved[0], graph=SimpleNamespace(nodes=[])),) * 2,
+    )
+    monkeypatch.setattr(inductor_check, "inductor_step_peak", step_peak)
+    monkeypatch.setattr(inductor_check, "inductor_forward_peak", lambda fw, patches, *, own_graphs: 800)
+    check = inductor_check.InductorCheck(None, SimpleNamespace(num_fwd_outputs=1), {})
+    slow = Candidate(SimpleNamespace(saved=("slow",)), 2000, 1.0, "test", None, 1000)
+    other = Candidate(SimpleNamespace(saved=("other",)), 2000, 1.0, "test", None, 1000)
+    check.prefetch(slow)
+    threading.Timer(0.2, release.set).start()
+    assert check.peak(other) == 900  # asked while "slow" lowers on the worker
+    assert most[0] == 1 and order.index(("end", "slow")) < order.index(("start", "other"))
+    assert check.peak(slow) == 900
+    check.drain()
 
 
 class PrefetchingCheck(ScaledCheck):
@@ -504,6 +561,7 @@ class PrefetchingCheck(ScaledCheck):
     def __init__(self, **kw) -> None:
         super().__init__(**kw)
         self.events: list[tuple[str, object]] = []
+        self.in_flight = False
 
     def peak(self, candidate: Candidate) -> int:
         self.events.append(("peak", candidate.cut.saved))
@@ -511,9 +569,11 @@ class PrefetchingCheck(ScaledCheck):
 
     def prefetch(self, candidate: Candidate) -> None:
         self.events.append(("prefetch", candidate.cut.saved))
+        self.in_flight = True
 
     def drain(self) -> None:
         self.events.append(("drain", None))
+        self.in_flight = False
 
 
 def test_the_search_names_the_plans_it_will_check_before_its_solves_and_drains_before_it_ends(monkeypatch):
@@ -521,9 +581,19 @@ def test_the_search_names_the_plans_it_will_check_before_its_solves_and_drains_b
     the solve for budget 1.0's fastest plan, drained before the explorers run torch's partitioner,
     and then the first finalist for the target during the grid's solves after the target's proposal.
     The plan is the one the same check makes without measuring ahead, and nothing is in flight after."""
+    from autoremat.passes.torch_knob import TorchKnobSolver
+
     plain = _plan(0.5, ScaledCheck(share=0.7), monkeypatch)
     check = PrefetchingCheck(share=0.7)
+    explore, explored = TorchKnobSolver.explore, []
+
+    def explore_drained(self, ctx):
+        explored.append(check.in_flight)
+        return explore(self, ctx)
+
+    monkeypatch.setattr(TorchKnobSolver, "explore", explore_drained)
     plan = _plan(0.5, check, monkeypatch)
+    assert explored == [False]  # torch's partitioner never runs beside a measurement
     assert plan.digest() == plain.digest() and plan.predicted_peak_bytes == plain.predicted_peak_bytes
     kinds = [kind for kind, _ in check.events]
     assert kinds[0] == "prefetch" and kinds[1] == "drain" and kinds[-1] == "drain"

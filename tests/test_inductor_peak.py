@@ -57,8 +57,9 @@ def test_memory_plan_of_a_channels_last_convolution_net_predicts_its_peak(budget
 
 def test_the_forward_replayed_alone_peaks_where_the_whole_replay_puts_it():
     """``InductorCheck.confirm`` replays only the forward of a plan whose backward was replayed
-    (``inductor_forward_peak``): it must give the forward peak the whole replay gives; and a whole
-    replay read on a bound (``InductorStepPeak.bounded``) must be the replay on that bound."""
+    (``inductor_forward_peak``): it must give the forward peak the whole replay gives; and the
+    backward's replay with the forward's apart, read on a bound (``InductorStepPeak.on_bound``, what
+    a check measured ahead does), must be the replay on that bound."""
     from autoremat.cost_models.inductor_memory import inductor_forward_peak, inductor_step_peak
     from autoremat.graph.analysis import analyse
     from autoremat.passes.mincut import solve_min_cut
@@ -80,11 +81,14 @@ def test_the_forward_replayed_alone_peaks_where_the_whole_replay_puts_it():
     fw_again, _ = split_joint_graph(gm, analysis, saved)
     assert whole.forward_replayed and whole.forward_peak_bytes > 0
     assert inductor_forward_peak(fw_again) == whole.forward_peak_bytes
-    # a replay of both phases read on a forward bound (a check that measured the plan ahead, before
-    # it held its estimate) is the replay made on that bound: skipped at or below the backward's peak
+    # a check that measured the plan ahead (the backward on bound 0, the forward apart) and reads the
+    # measurement on a bound gets the replay made on that bound: the forward skipped at or below the
+    # backward's peak
+    fw_b, bw_b = split_joint_graph(gm, analysis, saved)
+    backward = inductor_step_peak(fw_b, bw_b, analysis.num_fwd_outputs, forward_bound=0)
+    assert not backward.forward_replayed and backward.on_bound(None, whole.forward_peak_bytes) == whole
     for bound in (whole.backward_peak_bytes, whole.backward_peak_bytes + 1):
         fw_b, bw_b = split_joint_graph(gm, analysis, saved)
-        assert inductor_step_peak(fw_b, bw_b, analysis.num_fwd_outputs, forward_bound=bound) == whole.bounded(
-            bound
-        )
-    assert not whole.bounded(whole.backward_peak_bytes).forward_replayed
+        replay = inductor_step_peak(fw_b, bw_b, analysis.num_fwd_outputs, forward_bound=bound)
+        assert replay == backward.on_bound(bound, whole.forward_peak_bytes)
+        assert replay.forward_replayed == (bound > whole.backward_peak_bytes)

@@ -48,19 +48,24 @@ class InductorStepPeak:
     #: is lowered with the strides the forward returns)
     forward_required: bool = False
 
-    def bounded(self, forward_bound: int | None) -> InductorStepPeak:
-        """What ``inductor_step_peak`` returns with ``forward_bound`` for the plan that this replay,
-        made with both phases, measured: the same answer, whether the forward's replay was skipped or
-        not (a planner that measured ahead of asking still decides on the bound it holds then)."""
-        if self.forward_required or forward_bound is None or self.backward_peak_bytes < forward_bound:
+    def on_bound(self, forward_bound: int | None, forward_peak: int | None) -> InductorStepPeak:
+        """What ``inductor_step_peak`` returns on ``forward_bound``, made from this replay on bound 0
+        (the backward alone, and the forward where ``forward_required``) and the forward's peak
+        replayed apart (``inductor_forward_peak``; None: not replayed, for a bound that spares it).
+        A planner that measured a plan before it held its bound decides on that bound when it asks,
+        as a replay then would have."""
+        if self.forward_required:
             return self
-        return InductorStepPeak(
-            max(forward_bound, self.backward_peak_bytes),
-            forward_bound,
-            self.backward_peak_bytes,
-            self.forward_end_bytes,
-            forward_replayed=False,
-        )
+        backward = self.backward_peak_bytes
+        if forward_bound is not None and backward >= forward_bound:
+            return InductorStepPeak(
+                backward, forward_bound, backward, self.forward_end_bytes, forward_replayed=False
+            )
+        if forward_peak is None:
+            raise ValueError(
+                f"forward_bound={forward_bound} is above the backward's peak: the forward's is needed"
+            )
+        return InductorStepPeak(max(forward_peak, backward), forward_peak, backward, self.forward_end_bytes)
 
 
 def _outputs(gm: fx.GraphModule) -> list[Any]:

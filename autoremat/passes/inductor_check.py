@@ -15,19 +15,22 @@ A check is Python work (lowering, scheduling) and the MILP's solves are HiGHS' (
 GIL), so on two cores the two overlap: the search names a plan it will check before a solve whose
 result that check does not depend on (``InductorCheck.prefetch``), one worker thread measures it
 while the solve runs, and the search reads the measurement when it asks, as if it had replayed the
-plan then. What a check returns, and therefore every plan, is the same as without the overlap.
+plan then (docs/architecture.md, "Checks overlap the MILP's solves"). What a check returns, and
+therefore every plan, is the same as without the overlap.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor, wait
+from contextlib import AbstractContextManager
 from typing import Any
 
-import torch
 import torch.fx as fx
 
+from autoremat import _torch_compat as compat
 from autoremat.cost_models.inductor_memory import InductorStepPeak, inductor_forward_peak, inductor_step_peak
 from autoremat.graph.analysis import JointGraphAnalysis
 from autoremat.passes.pool import Candidate
@@ -35,8 +38,13 @@ from autoremat.passes.rewrite import split_joint_graph
 
 log = logging.getLogger("autoremat")
 
+#: a measurement made ahead: the backward's replay on bound 0, the forward's peak or the exception its
+#: replay raised (None where the backward's replay replayed the forward), the seconds it took
+_Measured = tuple[InductorStepPeak, "int | Exception | None", float]
+
 #: whether a check may measure plans ahead on its worker thread (``InductorCheck.prefetch``); off, it
-#: replays each plan when asked (the same plans: ``benchmarks/compile_time.py`` times both)
+#: replays each plan when asked (the same plans: ``benchmarks/compile_time.py`` times both and
+#: compares their plans)
 MEASURE_AHEAD = True
 
 
@@ -68,7 +76,7 @@ class InductorCheck:
         #: checked plans whose forward peak is the estimate, not a replay
         self._estimated: set[tuple[fx.Node, ...]] = set()
         #: plans measured ahead of the search's asking (``prefetch``), both phases replayed
-        self._prefetched: dict[tuple[fx.Node, ...], Future[tuple[InductorStepPeak, float]]] = {}
+        self._prefetched: dict[tuple[fx.Node, ...], Future[_Measured]] = {}
         #: forward peaks a prefetch replayed for plans whose check stands on the estimate: their
         #: confirmation needs no replay
         self._spare_forwards: dict[tuple[fx.Node, ...], int] = {}
@@ -98,12 +106,19 @@ class InductorCheck:
             if future is None:
                 self._replay(candidate, self._forward_estimate(candidate))
             else:
-                result, seconds = future.result()  # raises what the measurement raised
+                backward, forward, seconds = future.result()  # raises what the backward's raised
                 self.prefetches_used += 1
                 self.seconds += seconds
-                self._record(candidate, result.bounded(self._forward_estimate(candidate)))
-                if saved in self._estimated:
-                    self._spare_forwards[saved] = result.forward_peak_bytes
+                bound = self._forward_estimate(candidate)
+                needed = not backward.forward_required and (
+                    bound is None or backward.backward_peak_bytes < bound
+                )
+                if needed and isinstance(forward, Exception):
+                    raise forward  # where the replay in turn would have failed
+                forward_peak = forward if isinstance(forward, int) else None
+                self._record(candidate, backward.on_bound(bound, forward_peak))
+                if saved in self._estimated and forward_peak is not None:
+                    self._spare_forwards[saved] = forward_peak
             self.wait_seconds += time.perf_counter() - started
         return self._peaks[saved]
 
@@ -124,9 +139,9 @@ class InductorCheck:
         log.debug("autoremat: measuring the %s plan (%d saved) ahead", candidate.source, len(saved))
         if self._worker is None:
             self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="autoremat-check")
-        # grad mode is the one thread-local state a lowering reads that the search's thread has
-        # set; the rest (fake mode, tracing context) the replay sets for itself
-        self._prefetched[saved] = self._worker.submit(self._measure, saved, torch.is_grad_enabled())
+        # the search's thread-local state the lowering reads (grad mode, the Python dispatcher);
+        # the compile's fake mode and tracing context the replay leaves anyway
+        self._prefetched[saved] = self._worker.submit(self._measure, saved, compat.carried_thread_state())
 
     def drain(self) -> None:
         """Wait for the worker (its measurements stay, for ``peak`` to read) and let its thread go."""
@@ -135,20 +150,28 @@ class InductorCheck:
             self._worker.shutdown(wait=True)
             self._worker = None
             self.wait_seconds += time.perf_counter() - started
+            for future in self._prefetched.values():
+                if future.exception() is not None:  # raised again if the search asks for the plan
+                    log.debug("autoremat: a measurement ahead failed: %r", future.exception())
 
-    def _measure(self, saved: tuple[fx.Node, ...], grad: bool) -> tuple[InductorStepPeak, float]:
+    def _measure(
+        self, saved: tuple[fx.Node, ...], state: Callable[[], AbstractContextManager[None]]
+    ) -> tuple[InductorStepPeak, int | Exception | None, float]:
+        """The backward's replay (on bound 0: the forward only where layout optimisation needs it
+        first) and the forward's peak replayed apart, or the exception its replay raised: the
+        search may not need the forward (``peak``), and must not fail for it then."""
         started = time.perf_counter()
-        with torch.set_grad_enabled(grad):
+        with state():
             fw, bw = self._split(saved)
-            result = inductor_step_peak(
-                fw,
-                bw,
-                self.analysis.num_fwd_outputs,
-                self.config_patches,
-                forward_bound=None,
-                own_graphs=True,
-            )
-        return result, time.perf_counter() - started
+            n = self.analysis.num_fwd_outputs
+            backward = inductor_step_peak(fw, bw, n, self.config_patches, forward_bound=0, own_graphs=True)
+            forward: int | Exception | None = None
+            if not backward.forward_required:
+                try:
+                    forward = inductor_forward_peak(fw, self.config_patches, own_graphs=True)
+                except Exception as exc:  # noqa: BLE001 - raised where a replay in turn would raise it
+                    forward = exc
+        return backward, forward, time.perf_counter() - started
 
     def confirm(self, candidate: Candidate) -> int:
         """The peak of ``candidate`` with its forward replayed too, for a plan about to be chosen.

@@ -224,16 +224,23 @@ class _Checked:
 
     def prefetch(self, candidate: Candidate | None) -> None:
         """Let the check measure ``candidate`` during the solve the search runs next (when the check
-        can: ``InductorCheck.prefetch``); what the search learns stays the same."""
+        can: ``InductorCheck.prefetch``); what the search learns stays the same. Only a speed-up: a
+        measurement that cannot start is left to the check when asked."""
         prefetch = getattr(self.check, "prefetch", None)
-        if candidate is not None and prefetch is not None:
+        if candidate is None or prefetch is None:
+            return
+        try:
             prefetch(candidate)
+        except Exception as exc:  # noqa: BLE001 - the check, asked in turn, decides what it means
+            log.debug("autoremat: could not measure a plan ahead (%s: %s)", type(exc).__name__, exc)
 
     def drain(self) -> None:
-        """Wait for the check's measurements in flight (before anything but a solve runs)."""
+        """Wait for the check's measurements in flight (before anything but a solve runs). The wait
+        is a check's time, which the search's time limit does not count (``_ask``)."""
         drain = getattr(self._given, "drain", None)
         if drain is not None:
-            drain()
+            with self.ctx.deadline.paused():
+                drain()
 
     def peak(self, candidate: Candidate) -> int:
         return self._ask(candidate, confirm=False)
@@ -397,8 +404,9 @@ class _Checked:
         return math.floor(candidate.peak * ratio) <= cap * ESTIMATE_SLACK
 
     def first_finalist(self, cap: int) -> Candidate | None:
-        """The plan ``fastest_within(cap)`` would check first if asked now, or None when it would
-        check nothing (it stops at a checked plan that fits first)."""
+        """The plan ``fastest_within(cap)`` would check first if asked now, or None when it first
+        reaches a checked plan within ``cap`` (it stops there, unless that plan's confirmation
+        misses: a guess is not worth making then)."""
         if self.check is None:
             return None
         for candidate in _frontier(self.ctx.pool.plans.values()):
@@ -613,7 +621,7 @@ def _fall_back_if_needed(ctx: SearchContext, chosen: Solver, healthy: bool, mode
     _guard(ctx, fallback, "budget", lambda c: fallback.propose(c, model_cap))
 
 
-def _runtime_optimal(ctx: SearchContext, chosen: Solver, checked: _Checked | None = None) -> Candidate:
+def _runtime_optimal(ctx: SearchContext, chosen: Solver, checked: _Checked) -> Candidate:
     """The budget-1.0 plan: the min-cut's, unless the chosen solver's ``fastest`` (when it has one:
     the MILP's least recompute time within the min-cut plan's peak) finds a plan that beats it on
     both counts (no more peak, less predicted time). The min-cut minimises its own edge weights,
@@ -626,13 +634,11 @@ def _runtime_optimal(ctx: SearchContext, chosen: Solver, checked: _Checked | Non
     if fastest is None:
         return high
     before = set(ctx.pool.plans)
-    if checked is not None:
-        # the min-cut plan is the runtime-optimal one unless this solve finds one that dominates
-        # it (rare): it is measured while the solve runs
-        checked.prefetch(high)
+    # the min-cut plan is the runtime-optimal one unless this solve finds one that dominates it
+    # (rare): it is measured while the solve runs
+    checked.prefetch(high)
     _guard(ctx, chosen, "fastest", lambda c: fastest(c, high.peak))
-    if checked is not None:
-        checked.drain()  # the explorers that follow run torch's own partitioner
+    checked.drain()  # the explorers that follow run torch's own partitioner
     found = [
         c
         for key, c in ctx.pool.plans.items()
