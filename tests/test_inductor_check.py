@@ -375,6 +375,22 @@ def test_a_replayed_forward_calibrates_the_estimate_that_spares_later_forward_re
     assert check.peak(plan("c", 1150)) == 900 and bounds[-1] == 950 and check.forward_replays == 2
 
 
+def _stand_in_replays(monkeypatch, step_peak, forward_peak):
+    """An InductorCheck whose replays are ``step_peak`` and ``forward_peak`` (the stand-ins of
+    ``inductor_step_peak`` and ``inductor_forward_peak``), on split graphs named after the plan's
+    first saved value."""
+    from autoremat.passes import inductor_check
+
+    monkeypatch.setattr(
+        inductor_check,
+        "split_joint_graph",
+        lambda joint, analysis, saved: (SimpleNamespace(name=saved[0], graph=SimpleNamespace(nodes=[])),) * 2,
+    )
+    monkeypatch.setattr(inductor_check, "inductor_step_peak", step_peak)
+    monkeypatch.setattr(inductor_check, "inductor_forward_peak", forward_peak)
+    return inductor_check.InductorCheck(None, SimpleNamespace(num_fwd_outputs=1), {})
+
+
 def test_a_plan_chosen_on_an_estimated_forward_is_confirmed_with_its_forward_replayed(monkeypatch):
     """A check may stand an estimate in for a plan's forward peak (previous test); a plan about to
     be chosen has its forward replayed (its backward's replay stands), and the search passes over one
@@ -382,7 +398,6 @@ def test_a_plan_chosen_on_an_estimated_forward_is_confirmed_with_its_forward_rep
     (quick long_context under a byte budget: estimated 1,745,156 bytes, measured 1,859,584, over the
     1,851,844-byte budget)."""
     from autoremat.cost_models.inductor_memory import InductorStepPeak
-    from autoremat.passes import inductor_check
 
     real_forward = {"fast": 1100, "slow": 850}
     bounds = []
@@ -399,14 +414,7 @@ def test_a_plan_chosen_on_an_estimated_forward_is_confirmed_with_its_forward_rep
         forwards.append(fw.name)
         return real_forward[fw.name]
 
-    monkeypatch.setattr(
-        inductor_check,
-        "split_joint_graph",
-        lambda joint, analysis, saved: (SimpleNamespace(name=saved[0], graph=SimpleNamespace(nodes=[])),) * 2,
-    )
-    monkeypatch.setattr(inductor_check, "inductor_step_peak", step_peak)
-    monkeypatch.setattr(inductor_check, "inductor_forward_peak", forward_peak)
-    check = inductor_check.InductorCheck(None, SimpleNamespace(num_fwd_outputs=1), {})
+    check = _stand_in_replays(monkeypatch, step_peak, forward_peak)
     check.forward_overshoot = 300  # learnt from an earlier replay: estimates are forward_peak - 300
 
     fast = Candidate(SimpleNamespace(saved=("fast",)), 1200, 1.0, "test", None, 1150)
@@ -426,7 +434,6 @@ def _calibrating_check(monkeypatch, real_forward: dict[str, int], backward: int 
     """An InductorCheck over a stand-in replay: every plan's backward peaks at ``backward``, its
     forward at ``real_forward[name]``; ``calls`` records (plan, forward bound) per replay."""
     from autoremat.cost_models.inductor_memory import InductorStepPeak
-    from autoremat.passes import inductor_check
 
     calls: list[tuple[str, int | None]] = []
 
@@ -440,14 +447,7 @@ def _calibrating_check(monkeypatch, real_forward: dict[str, int], backward: int 
         calls.append((fw.name, "forward"))
         return real_forward[fw.name]
 
-    monkeypatch.setattr(
-        inductor_check,
-        "split_joint_graph",
-        lambda joint, analysis, saved: (SimpleNamespace(name=saved[0], graph=SimpleNamespace(nodes=[])),) * 2,
-    )
-    monkeypatch.setattr(inductor_check, "inductor_step_peak", step_peak)
-    monkeypatch.setattr(inductor_check, "inductor_forward_peak", forward_peak)
-    return inductor_check.InductorCheck(None, SimpleNamespace(num_fwd_outputs=1), {}), calls
+    return _stand_in_replays(monkeypatch, step_peak, forward_peak), calls
 
 
 def test_a_plan_measured_ahead_checks_as_if_replayed_when_asked(monkeypatch):
@@ -521,7 +521,6 @@ def test_no_two_lowerings_run_at_once(monkeypatch):
     import time
 
     from autoremat.cost_models.inductor_memory import InductorStepPeak
-    from autoremat.passes import inductor_check
 
     active, most, order = [0], [0], []
     release = threading.Event()
@@ -537,14 +536,7 @@ def test_no_two_lowerings_run_at_once(monkeypatch):
         active[0] -= 1
         return InductorStepPeak(900, 800, 900, 500)
 
-    monkeypatch.setattr(
-        inductor_check,
-        "split_joint_graph",
-        lambda joint, analysis, saved: (SimpleNamespace(name=saved[0], graph=SimpleNamespace(nodes=[])),) * 2,
-    )
-    monkeypatch.setattr(inductor_check, "inductor_step_peak", step_peak)
-    monkeypatch.setattr(inductor_check, "inductor_forward_peak", lambda fw, patches, *, own_graphs: 800)
-    check = inductor_check.InductorCheck(None, SimpleNamespace(num_fwd_outputs=1), {})
+    check = _stand_in_replays(monkeypatch, step_peak, lambda fw, patches, *, own_graphs: 800)
     slow = Candidate(SimpleNamespace(saved=("slow",)), 2000, 1.0, "test", None, 1000)
     other = Candidate(SimpleNamespace(saved=("other",)), 2000, 1.0, "test", None, 1000)
     check.prefetch(slow)
