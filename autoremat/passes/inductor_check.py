@@ -75,7 +75,7 @@ class InductorCheck:
         self.forward_replays = 0
         #: checked plans whose forward peak is the estimate, not a replay
         self._estimated: set[tuple[fx.Node, ...]] = set()
-        #: plans measured ahead of the search's asking (``prefetch``), both phases replayed
+        #: plans measured ahead of the search's asking (``prefetch``, ``_measure``)
         self._prefetched: dict[tuple[fx.Node, ...], Future[_Measured]] = {}
         #: forward peaks a prefetch replayed for plans whose check stands on the estimate: their
         #: confirmation needs no replay
@@ -124,9 +124,10 @@ class InductorCheck:
 
     def prefetch(self, candidate: Candidate) -> None:
         """Start measuring ``candidate`` on the worker thread, for a search about to run a solve it
-        will check this plan after: the measurement runs while HiGHS holds no GIL. Both phases are
-        replayed (the forward's estimate, ``_forward_estimate``, is the one the search holds when it
-        asks: ``peak`` reads the measurement as a replay on that estimate would have come out).
+        will check this plan after: the measurement runs while HiGHS holds no GIL. The backward and
+        the forward are replayed apart (the forward's estimate, ``_forward_estimate``, is the one
+        the search holds when it asks: ``peak`` reads the measurement as a replay on that estimate
+        would have come out, and fails only where that replay would have).
 
         The worker lowers with Inductor's process-wide config patched, so the caller must not
         compile or partition meanwhile; ``drain`` waits for it."""
@@ -156,7 +157,7 @@ class InductorCheck:
 
     def _measure(
         self, saved: tuple[fx.Node, ...], state: Callable[[], AbstractContextManager[None]]
-    ) -> tuple[InductorStepPeak, int | Exception | None, float]:
+    ) -> _Measured:
         """The backward's replay (on bound 0: the forward only where layout optimisation needs it
         first) and the forward's peak replayed apart, or the exception its replay raised: the
         search may not need the forward (``peak``), and must not fail for it then."""

@@ -144,7 +144,8 @@ def solve(
     try:
         result = _solve(ctx, target, SOLVERS[solver](), checked)
     finally:
-        checked.drain()  # no measurement may outlive the search: the compile that follows patches
+        # no measurement may outlive the search: the compile that follows patches Inductor's config
+        checked.drain()
     # what predicted_peak_bytes and the budget's scale are in: the memory model's peaks, or the
     # check's ("inductor-plan") when plans were checked against Inductor's schedule
     result.stats["peak_model"] = checked.model_name
@@ -555,12 +556,13 @@ def _search(ctx: SearchContext, target: BudgetTarget, chosen: Solver, checked: _
 
 
 def _measure_ahead(ctx: SearchContext, checked: _Checked, cap: int, earlier: set[Any]) -> None:
-    """From now on, before each solve, let the check measure the plan ``fastest_within(cap)`` would
-    check first, if it is one of the target's proposals (not among the ``earlier`` plans, which the
-    proposals were there to beat): during the grid's solves, which rarely find a faster plan. Not
-    during the solves for the target itself, or a correction round's: a second reference's answer
-    often ties the first's on predicted time and peak and wins the tie by a hair (quick llama at
-    0.5: 57 and 58 values saved, twice), and a wrong guess delays the check the search then asks for."""
+    """Until the grid's proposals end (the caller disarms it), before each solve, let the check
+    measure the plan ``fastest_within(cap)`` would check first, if it is one of the target's
+    proposals (not among the ``earlier`` plans, which the proposals were there to beat): so during
+    the grid's solves, which rarely find a faster plan. Not during the solves for the target itself,
+    or a correction round's: a second reference's answer often ties the first's on predicted time
+    and peak and wins the tie by a hair (quick llama at 0.5: 57 and 58 values saved, twice), and a
+    wrong guess delays the check the search then asks for."""
 
     def before_solve() -> None:
         candidate = checked.first_finalist(cap)
