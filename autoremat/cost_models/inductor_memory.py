@@ -48,6 +48,13 @@ class InductorStepPeak:
     #: is lowered with the strides the forward returns)
     forward_required: bool = False
 
+    def needs_forward(self, forward_bound: int | None) -> bool:
+        """Whether a replay on ``forward_bound`` replays the forward (``inductor_step_peak``): unless
+        the backward's peak already reaches the bound, or the forward was replayed first anyway."""
+        return not self.forward_required and (
+            forward_bound is None or self.backward_peak_bytes < forward_bound
+        )
+
     def on_bound(self, forward_bound: int | None, forward_peak: int | None) -> InductorStepPeak:
         """What ``inductor_step_peak`` returns on ``forward_bound``, made from this replay on bound 0
         (the backward alone, and the forward where ``forward_required``) and the forward's peak
@@ -57,7 +64,7 @@ class InductorStepPeak:
         if self.forward_required:
             return self
         backward = self.backward_peak_bytes
-        if forward_bound is not None and backward >= forward_bound:
+        if not self.needs_forward(forward_bound):
             return InductorStepPeak(
                 backward, forward_bound, backward, self.forward_end_bytes, forward_replayed=False
             )
@@ -294,12 +301,12 @@ def inductor_step_peak(
     bw_peak, bw_start = _replay(bw_inputs, bw_events, handoff.activations)
     # the backward's peak above its start, on top of everything the forward left live
     backward = handoff.forward_end_bytes + bw_peak - bw_start
-    if fw_peak is None:
-        if forward_bound is not None and backward >= forward_bound:
-            return InductorStepPeak(
-                backward, forward_bound, backward, handoff.forward_end_bytes, forward_replayed=False
-            )
+    if fw_peak is not None:  # replayed first (layout optimisation)
+        return InductorStepPeak(
+            max(fw_peak, backward), fw_peak, backward, handoff.forward_end_bytes, forward_required=True
+        )
+    # the backward's replay alone, read on the bound as a check that measured it ahead reads it
+    alone = InductorStepPeak(backward, 0, backward, handoff.forward_end_bytes, forward_replayed=False)
+    if alone.needs_forward(forward_bound):
         fw_peak, _ = _replay_forward(fw, config_patches, copy_graph, len(output_names))
-    return InductorStepPeak(
-        max(fw_peak, backward), fw_peak, backward, handoff.forward_end_bytes, forward_required=required
-    )
+    return alone.on_bound(forward_bound, fw_peak)

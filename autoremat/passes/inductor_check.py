@@ -110,10 +110,7 @@ class InductorCheck:
                 self.prefetches_used += 1
                 self.seconds += seconds
                 bound = self._forward_estimate(candidate)
-                needed = not backward.forward_required and (
-                    bound is None or backward.backward_peak_bytes < bound
-                )
-                if needed and isinstance(forward, Exception):
+                if backward.needs_forward(bound) and isinstance(forward, Exception):
                     raise forward  # where the replay in turn would have failed
                 forward_peak = forward if isinstance(forward, int) else None
                 self._record(candidate, backward.on_bound(bound, forward_peak))
