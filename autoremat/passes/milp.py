@@ -183,11 +183,22 @@ class _Program:
         )
 
 
-#: serialises the process-wide file-descriptor swap below (solves on several threads must not restore
-#: each other's descriptors)
+#: guards the process-wide file-descriptor swap below, which concurrent solves share
 _FD_LOCK = threading.Lock()
 #: the C-level streams HiGHS may write to: stdout (its stray debug printf) and stderr
 _NATIVE_FDS = (1, 2)
+
+
+@dataclass
+class _Redirect:
+    """The swap in force: how many solves are inside it, the sink and the descriptors' copies."""
+
+    users: int = 0
+    sink: Any = None
+    saved: list[tuple[int, int]] = field(default_factory=list)
+
+
+_REDIRECT = _Redirect()
 
 
 @contextlib.contextmanager
@@ -197,41 +208,58 @@ def native_output_to_debug_log() -> Iterator[None]:
     ``disp=False`` silences HiGHS' log, but some HiGHS builds (scipy 1.13-1.17) also ``printf`` debug
     lines such as ``HighsMipSolverData::transformNewIntegerFeasibleSolution tmpSolver.run();`` straight
     to file descriptor 1, which no Python-level redirection or solver option reaches. So, when the
-    logger is not at DEBUG, fds 1 and 2 point at a temporary file for the duration of the solve, C's
-    stdio buffers are flushed before they are restored (or the text would leak out later), and what
-    was captured is logged at DEBUG. At DEBUG nothing is redirected, so the output stays live.
+    logger is not at DEBUG, fds 1 and 2 point at a temporary file while any solve runs, C's stdio
+    buffers are flushed before they are restored (or the text would leak out later), and what was
+    captured is logged at DEBUG. Solves on two threads (``milp_solver.MilpSolver._solving_ahead``)
+    share one swap: the first to start makes it, the last to end restores it, so neither leaves the
+    other's output on the terminal. At DEBUG nothing is redirected, so the output stays live.
     """
-    if log.isEnabledFor(logging.DEBUG) or not _FD_LOCK.acquire(blocking=False):
-        yield  # debugging, or another thread already holds the streams redirected for its solve
+    if log.isEnabledFor(logging.DEBUG):
+        yield
         return
+    with _FD_LOCK:
+        if _REDIRECT.users == 0:
+            _REDIRECT.sink, _REDIRECT.saved = _swap_native_fds()
+        _REDIRECT.users += 1
+    try:
+        yield
+    finally:
+        with _FD_LOCK:
+            _REDIRECT.users -= 1
+            if _REDIRECT.users == 0:
+                _end_swap(_REDIRECT.sink, _REDIRECT.saved)
+                _REDIRECT.sink, _REDIRECT.saved = None, []
+
+
+def _swap_native_fds() -> tuple[Any, list[tuple[int, int]]]:
+    """A temporary sink and fds 1 and 2 pointed at it, with copies of where they pointed (none
+    when there are no such descriptors: an embedded interpreter)."""
+    sink = tempfile.TemporaryFile()
     saved: list[tuple[int, int]] = []
     try:
-        with tempfile.TemporaryFile() as sink:
-            try:
-                for stream in (sys.stdout, sys.stderr):
-                    if stream is not None:
-                        stream.flush()  # Python's own buffered text belongs to the terminal
-                for fd in _NATIVE_FDS:
-                    saved.append((fd, os.dup(fd)))
-                    os.dup2(sink.fileno(), fd)
-            except (OSError, ValueError):  # no such descriptor (embedded interpreter): leave them be
-                _restore(saved)
-                saved = []
-                yield
-                return
-            try:
-                yield
-            finally:
-                _flush_c_stdio()
-                _restore(saved)
-                saved = []
-                sink.seek(0)
-                captured = sink.read().decode(errors="replace").strip()
-                if captured:
-                    log.debug("autoremat: HiGHS wrote: %s", captured)
-    finally:
+        for stream in (sys.stdout, sys.stderr):
+            if stream is not None:
+                stream.flush()  # Python's own buffered text belongs to the terminal
+        for fd in _NATIVE_FDS:
+            saved.append((fd, os.dup(fd)))
+            os.dup2(sink.fileno(), fd)
+    except (OSError, ValueError):  # leave them be
         _restore(saved)
-        _FD_LOCK.release()
+    return sink, saved
+
+
+def _end_swap(sink: Any, saved: list[tuple[int, int]]) -> None:
+    """Descriptors back where they were, and what the sink caught logged at DEBUG."""
+    try:
+        if saved:
+            _flush_c_stdio()
+        _restore(saved)
+        sink.seek(0)
+        captured = sink.read().decode(errors="replace").strip()
+        if captured:
+            log.debug("autoremat: HiGHS wrote: %s", captured)
+    finally:
+        sink.close()
 
 
 def _restore(saved: list[tuple[int, int]]) -> None:

@@ -141,11 +141,13 @@ def solve(
     pool = Pool(analysis, costs, memory)
     ctx = SearchContext(analysis, costs, base, high, high, pool, deadline, joint=joint)
     checked = _Checked(ctx, check)
+    chosen = SOLVERS[solver]()
     try:
-        result = _solve(ctx, target, SOLVERS[solver](), checked)
+        result = _solve(ctx, target, chosen, checked)
     finally:
         # no measurement may outlive the search: the compile that follows patches Inductor's config
         checked.drain()
+        _ask_ahead(chosen, "close")
     # what predicted_peak_bytes and the budget's scale are in: the memory model's peaks, or the
     # check's ("inductor-plan") when plans were checked against Inductor's schedule
     result.stats["peak_model"] = checked.model_name
@@ -499,9 +501,11 @@ def _search(ctx: SearchContext, target: BudgetTarget, chosen: Solver, checked: _
         return _result(ctx, checked, runtime_optimal, target.cap_bytes, runtime_optimal, runtime_optimal)
 
     ctx.low = solve_min_cut(ctx.analysis, least_memory_rules(ctx.base))
+    _ask_ahead(chosen, "explore_ahead", ctx)  # while the other explorers run
     healthy = {}
     for solver in _unique([*(explorer() for explorer in EXPLORERS), chosen]):
         healthy[solver.name] = _guard(ctx, solver, "explore", solver.explore)
+    guessed = _propose_ahead(ctx, target, chosen, checked, runtime_optimal)
     least, high_peak, least_peak = checked.scale(runtime_optimal)
     ctx.least = least
     if target.fraction is not None:
@@ -528,9 +532,9 @@ def _search(ctx: SearchContext, target: BudgetTarget, chosen: Solver, checked: _
     else:
         model_cap = checked.model_cap(cap)
     model_cap = min(max(model_cap, least.peak), runtime_optimal.peak)
-    caps = [model_cap] + [
-        int(least.peak + f * span) for f in GRID_FRACTIONS if least.peak + f * span < model_cap
-    ]
+    caps = _caps(least, runtime_optimal, model_cap)
+    if guessed is not None and guessed != caps:
+        _ask_ahead(chosen, "forget_ahead")
     earlier = set(ctx.pool.plans)
     for i, each in enumerate(caps):
         if not healthy[chosen.name]:
@@ -553,6 +557,52 @@ def _search(ctx: SearchContext, target: BudgetTarget, chosen: Solver, checked: _
         # it was never checked) shows the plan is not optimal for the budget
         result.status = "within-budget"
     return result
+
+
+def _caps(least: Candidate, runtime_optimal: Candidate, model_cap: int) -> list[int]:
+    """The model caps proposed for: the target's, then the grid's tighter ones."""
+    span = runtime_optimal.peak - least.peak
+    return [model_cap] + [
+        int(least.peak + f * span) for f in GRID_FRACTIONS if least.peak + f * span < model_cap
+    ]
+
+
+def _propose_ahead(
+    ctx: SearchContext, target: BudgetTarget, chosen: Solver, checked: _Checked, runtime_optimal: Candidate
+) -> list[int] | None:
+    """Let the chosen solver start the solves it will make for the target and the grid (when it
+    can: ``MilpSolver.propose_ahead``) while the least-peak and runtime-optimal plans are checked.
+    The caps are those ``_search`` computes if the least plan is the model's least-peak plan, as it
+    is without a check and for most checks; only a fraction's cap is known before the check (a
+    byte cap is translated through the checked peaks). The caps guessed, or None."""
+    if target.fraction is None and checked.check is not None:
+        return None
+    lows = sorted(_frontier(ctx.pool.plans.values()), key=lambda c: (c.peak, c.time_s))
+    if not lows:
+        return None
+    least = lows[0]
+    if target.fraction is not None:
+        model_cap = int(least.peak + target.fraction * (runtime_optimal.peak - least.peak))
+    else:
+        model_cap = int(target.cap_bytes or 0)
+    model_cap = min(max(model_cap, least.peak), runtime_optimal.peak)
+    if model_cap >= runtime_optimal.peak or least.peak > model_cap:
+        return None
+    caps = _caps(least, runtime_optimal, model_cap)
+    _ask_ahead(chosen, "propose_ahead", ctx, caps, least=least, busy=checked.check is not None)
+    return caps
+
+
+def _ask_ahead(solver: Solver, method: str, *args: Any, **kwargs: Any) -> None:
+    """Call ``solver``'s optional ``method`` (work started ahead, or its end); work ahead is only
+    a speed-up, so a failure to start it is logged and the search goes on."""
+    call = getattr(solver, method, None)
+    if call is None:
+        return
+    try:
+        call(*args, **kwargs)
+    except Exception as exc:  # noqa: BLE001 - the same solves, asked in turn, report their own failures
+        log.debug("autoremat: %s.%s failed (%s: %s)", solver.name, method, type(exc).__name__, exc)
 
 
 def _measure_ahead(ctx: SearchContext, checked: _Checked, cap: int, earlier: set[Any]) -> None:
