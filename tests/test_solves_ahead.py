@@ -24,10 +24,9 @@ def _solve_threads() -> list[threading.Thread]:
 
 def test_an_answer_taken_is_the_one_started_and_each_is_taken_once():
     ahead: SolvesAhead[int] = SolvesAhead()
-    ahead.start("a", lambda: 6 * 7)
-    ahead.start("a", lambda: 0)  # queued already: not replaced
+    assert ahead.start("a", lambda: 6 * 7)
+    assert not ahead.start("a", lambda: 0)  # queued already: not replaced
     assert ahead.take("a") == 42 and ahead.take("a") is None and ahead.take("never") is None
-    assert (ahead.started, ahead.taken) == (1, 1)
     ahead.close()
     assert not _solve_threads()
 
@@ -70,8 +69,8 @@ def test_a_failing_solve_raises_where_its_answer_is_taken():
 
 def test_switched_off_nothing_starts():
     ahead: SolvesAhead[int] = SolvesAhead(enabled=False)
-    ahead.start("k", lambda: 1)
-    assert ahead.take("k") is None and ahead.started == 0
+    assert not ahead.start("k", lambda: 1)
+    assert ahead.take("k") is None
 
 
 def test_keys_freeze_lists_and_dicts_and_refuse_what_cannot_be_hashed():
@@ -101,6 +100,26 @@ def test_the_search_makes_the_plans_it_makes_with_every_solve_in_turn(budget, ch
     assert ahead.solver_stats.get("milp_solves_ahead", 0) > 0  # the solves did run ahead
     assert "milp_solves_ahead" not in in_turn.solver_stats
     assert not _solve_threads()
+
+
+def test_an_answer_the_safety_net_cut_short_ahead_is_solved_again_in_turn(monkeypatch):
+    """A solve ahead reads its time limit when it is queued, earlier than in turn: an answer that
+    ran into it is not taken (in turn it might have had the time), and the plan is the one solved
+    in turn."""
+    monkeypatch.setattr(milp_solver, "SOLVE_AHEAD", False)
+    in_turn = _plan(0.5, None, monkeypatch)
+    timed = milp_solver._timed_solve
+
+    def out_of_time(problem, *, time_limit, **kwargs):
+        _, answer = timed(problem, time_limit=time_limit, **kwargs)
+        return 0.0, answer  # as if its limit had been no longer than it ran
+
+    monkeypatch.setattr(milp_solver, "_timed_solve", out_of_time)
+    monkeypatch.setattr(milp_solver, "SOLVE_AHEAD", True)
+    ahead = _plan(0.5, None, monkeypatch)
+    assert _digest(ahead) == _digest(in_turn)
+    assert ahead.solver_stats["milp_solves_started_ahead"] > 0
+    assert "milp_solves_ahead" not in ahead.solver_stats  # none taken
 
 
 def test_when_the_least_plan_is_not_the_guessed_one_the_guesses_are_dropped(monkeypatch):
@@ -147,7 +166,7 @@ def test_two_solves_at_once_keep_native_output_off_the_terminal_until_both_end(c
             second_in.set()
             first_out.wait(10)  # the first solve has ended: its output swap must still hold
             ctypes.CDLL(None).printf(b"HighsMipSolverData from the second solve\n")
-            os.write(2, b"stderr from the second solve\n")
+            os.write(2, b"HighsLp stderr from the second solve\n")
 
     with caplog.at_level(logging.INFO, logger="autoremat"):
         threads = [threading.Thread(target=first), threading.Thread(target=second)]

@@ -46,14 +46,25 @@ def test_budgeted_compile_prints_no_solver_internals(capfd):
 
 def test_native_output_is_hidden_then_streams_are_restored(capfd, caplog):
     with caplog.at_level(logging.INFO, logger="autoremat"), milp.native_output_to_debug_log():
-        _c_printf("native text from inside the solve\n")
-        os.write(2, b"native stderr from inside the solve\n")
+        _c_printf(f"{HIGHS_TEXT}::run(); native text from inside the solve\n")
+        os.write(2, f"{HIGHS_TEXT} native stderr from inside the solve\n".encode())
     os.write(1, b"after\n")
     _c_printf("buffered after\n")
     ctypes.CDLL(None).fflush(None)
     out, err = capfd.readouterr()
     assert "inside the solve" not in out + err, (out, err)
     assert "after\n" in out and "buffered after" in out  # fds 1 and 2 are back where they were
+
+
+def test_other_text_written_during_a_solve_reaches_its_stream_after_it(capfd, caplog):
+    """A solve running ahead on another thread keeps fds 1 and 2 swapped while the search's thread
+    works: what that work writes (a warning, torch's own text) is the user's, and is written out
+    when the swap ends, each to its own stream; only HiGHS' lines are kept back."""
+    with caplog.at_level(logging.INFO, logger="autoremat"), milp.native_output_to_debug_log():
+        os.write(2, b"a warning meanwhile\n")
+        os.write(1, f"{HIGHS_TEXT}::solve debug\nprogress meanwhile\n".encode())
+    out, err = capfd.readouterr()
+    assert err == "a warning meanwhile\n" and out == "progress meanwhile\n", (out, err)
 
 
 def test_native_output_is_logged_when_the_logger_asks(capfd, caplog):

@@ -191,14 +191,16 @@ _NATIVE_FDS = (1, 2)
 
 @dataclass
 class _Redirect:
-    """The swap in force: how many solves are inside it, the sink and the descriptors' copies."""
+    """The swap in force: how many solves are inside it, and per descriptor the copy of where it
+    pointed and the temporary file it points at meanwhile."""
 
     users: int = 0
-    sink: Any = None
-    saved: list[tuple[int, int]] = field(default_factory=list)
+    swapped: list[tuple[int, int, Any]] = field(default_factory=list)
 
 
 _REDIRECT = _Redirect()
+#: the mark of HiGHS' own lines (its stray debug text names its classes: ``HighsMipSolverData::...``)
+_HIGHS_MARK = b"Highs"
 
 
 @contextlib.contextmanager
@@ -208,18 +210,20 @@ def native_output_to_debug_log() -> Iterator[None]:
     ``disp=False`` silences HiGHS' log, but some HiGHS builds (scipy 1.13-1.17) also ``printf`` debug
     lines such as ``HighsMipSolverData::transformNewIntegerFeasibleSolution tmpSolver.run();`` straight
     to file descriptor 1, which no Python-level redirection or solver option reaches. So, when the
-    logger is not at DEBUG, fds 1 and 2 point at a temporary file while any solve runs, C's stdio
-    buffers are flushed before they are restored (or the text would leak out later), and what was
-    captured is logged at DEBUG. Solves on two threads (``milp_solver.MilpSolver._solving_ahead``)
-    share one swap: the first to start makes it, the last to end restores it, so neither leaves the
-    other's output on the terminal. At DEBUG nothing is redirected, so the output stays live.
+    logger is not at DEBUG, fds 1 and 2 point at temporary files while any solve runs, C's stdio
+    buffers are flushed before they are restored (or the text would leak out later), HiGHS' lines are
+    logged at DEBUG, and the rest is written where it was headed: the process's other threads keep
+    writing meanwhile (the search's own warnings while a solve runs ahead, ``solves_ahead.py``),
+    and their text must reach the terminal, if late. Solves on two threads share one swap: the
+    first to start makes it, the last to end restores it, so neither leaves the other's output on
+    the terminal. At DEBUG nothing is redirected, so the output stays live.
     """
     if log.isEnabledFor(logging.DEBUG):
         yield
         return
     with _FD_LOCK:
         if _REDIRECT.users == 0:
-            _REDIRECT.sink, _REDIRECT.saved = _swap_native_fds()
+            _REDIRECT.swapped = _swap_native_fds()
         _REDIRECT.users += 1
     try:
         yield
@@ -227,46 +231,63 @@ def native_output_to_debug_log() -> Iterator[None]:
         with _FD_LOCK:
             _REDIRECT.users -= 1
             if _REDIRECT.users == 0:
-                _end_swap(_REDIRECT.sink, _REDIRECT.saved)
-                _REDIRECT.sink, _REDIRECT.saved = None, []
+                swapped, _REDIRECT.swapped = _REDIRECT.swapped, []
+                _end_swap(swapped)
 
 
-def _swap_native_fds() -> tuple[Any, list[tuple[int, int]]]:
-    """A temporary sink and fds 1 and 2 pointed at it, with copies of where they pointed (none
-    when there are no such descriptors: an embedded interpreter)."""
-    sink = tempfile.TemporaryFile()
-    saved: list[tuple[int, int]] = []
+def _swap_native_fds() -> list[tuple[int, int, Any]]:
+    """fds 1 and 2 pointed at temporary files: (fd, a copy of where it pointed, its file) each;
+    none when there are no such descriptors (an embedded interpreter)."""
+    _flush_python_streams()  # Python's own buffered text belongs to the terminal
+    swapped: list[tuple[int, int, Any]] = []
     try:
-        for stream in (sys.stdout, sys.stderr):
-            if stream is not None:
-                stream.flush()  # Python's own buffered text belongs to the terminal
         for fd in _NATIVE_FDS:
-            saved.append((fd, os.dup(fd)))
+            sink = tempfile.TemporaryFile()
+            try:
+                copy = os.dup(fd)
+            except OSError:
+                sink.close()
+                raise
+            swapped.append((fd, copy, sink))
             os.dup2(sink.fileno(), fd)
     except (OSError, ValueError):  # leave them be
-        _restore(saved)
-    return sink, saved
+        _end_swap(swapped)
+        return []
+    return swapped
 
 
-def _end_swap(sink: Any, saved: list[tuple[int, int]]) -> None:
-    """Descriptors back where they were, and what the sink caught logged at DEBUG."""
-    try:
-        if saved:
-            _flush_c_stdio()
-        _restore(saved)
-        sink.seek(0)
-        captured = sink.read().decode(errors="replace").strip()
-        if captured:
-            log.debug("autoremat: HiGHS wrote: %s", captured)
-    finally:
-        sink.close()
-
-
-def _restore(saved: list[tuple[int, int]]) -> None:
-    for fd, copy in reversed(saved):
+def _end_swap(swapped: list[tuple[int, int, Any]]) -> None:
+    """Descriptors back where they were; of what their files caught, HiGHS' lines logged at DEBUG
+    and the rest written to the descriptor it was meant for."""
+    if swapped:
+        _flush_python_streams()
+        _flush_c_stdio()
+    for fd, copy, sink in reversed(swapped):
         os.dup2(copy, fd)
         os.close(copy)
-    saved.clear()
+        try:
+            sink.seek(0)
+            lines = sink.read().splitlines(keepends=True)
+        finally:
+            sink.close()
+        highs = b"".join(line for line in lines if _HIGHS_MARK in line).decode(errors="replace").strip()
+        if highs:
+            log.debug("autoremat: HiGHS wrote: %s", highs)
+        _write_all(fd, b"".join(line for line in lines if _HIGHS_MARK not in line))
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    while data:
+        data = data[os.write(fd, data) :]
+
+
+def _flush_python_streams() -> None:
+    for stream in (sys.stdout, sys.stderr):
+        if stream is not None:
+            try:
+                stream.flush()
+            except (OSError, ValueError):  # a closed or detached stream
+                pass
 
 
 def _flush_c_stdio() -> None:

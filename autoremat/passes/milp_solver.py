@@ -53,7 +53,8 @@ class MilpSolver:
         self._blocks: RepeatedBlocks | None | bool = False  # False: not looked for yet
         self._problems: dict[frozenset[fx.Node], BuiltProblem] = {}
         self._restrictions: dict[int, BlockRestriction | None] = {}  # by id of a built problem
-        self._ahead: SolvesAhead[MilpResult] = SolvesAhead(SOLVE_AHEAD)
+        #: answers started ahead, each with the time limit it was solved under
+        self._ahead: SolvesAhead[tuple[float, MilpResult]] = SolvesAhead(SOLVE_AHEAD)
 
     def close(self) -> None:
         """End the search's solves ahead (``solves_ahead.SolvesAhead.close``)."""
@@ -145,17 +146,18 @@ class MilpSolver:
         thread is ``busy`` with something else until it proposes: otherwise that solve is the one
         it makes first, in turn). ``least`` stands for the least-peak plan the search will have."""
         for i, cap in enumerate(caps):
-            references = self._references(ctx, cap, least)
+            references = self._references(ctx, cap, least, grid=i > 0)
             self._start(ctx, references if i == 0 and busy else references[1:], cap_bytes=cap)
 
     def _references(
-        self, ctx: SearchContext, cap_bytes: int, least: Candidate | None = None
+        self, ctx: SearchContext, cap_bytes: int, least: Candidate | None = None, grid: bool | None = None
     ) -> list[CutResult]:
-        """``propose``'s references for ``cap_bytes``: the fitting plan's and the runtime-optimal
-        one (on a big graph only the latter, and none for a grid's cap)."""
+        """``propose``'s references for ``cap_bytes`` (a grid's cap when ``grid``, by default
+        ``ctx.grid``): the fitting plan's and the runtime-optimal one (on a big graph only the
+        latter, and none for a grid's cap)."""
         if self._big(ctx):
             # a big graph, where each solve costs seconds: the target only, one reference
-            return [] if ctx.grid else [ctx.high]
+            return [] if (ctx.grid if grid is None else grid) else [ctx.high]
         fitting = ctx.pool.fastest_within(cap_bytes) or least or ctx.least or ctx.pool.least()
         return list({c.saved: c for c in (fitting.cut, ctx.high)}.values())
 
@@ -323,26 +325,31 @@ class MilpSolver:
     def _start_solve(
         self, ctx: SearchContext, problem: BudgetProblem, node_limit: int, **kwargs: object
     ) -> None:
-        """Start the solve ``_solve(ctx, problem, node_limit, **kwargs)`` would make."""
+        """Start the solve ``_solve(ctx, problem, node_limit, **kwargs)`` would make (not one
+        without HiGHS' root heuristics: ``milp.py`` swaps the process's warning filters for it)."""
+        if kwargs.get("root_heuristics") is False:
+            return
+        time_limit = ctx.deadline.slice()
         solve = functools.partial(
-            solve_budget,
-            problem,
-            time_limit=ctx.deadline.slice(),
-            node_limit=node_limit,
-            **kwargs,  # type: ignore[arg-type]
+            _timed_solve, problem, time_limit=time_limit, node_limit=node_limit, **kwargs
         )
-        self._ahead.start(solve_key(id(problem), node_limit, kwargs), solve)
+        if self._ahead.start(solve_key(id(problem), node_limit, kwargs), solve, holds=problem):
+            ctx.stats["milp_solves_started_ahead"] = ctx.stats.get("milp_solves_started_ahead", 0) + 1
 
     def _solve(
         self,
         ctx: SearchContext,
         problem: BudgetProblem,
-        node_limit: int = MILP_NODE_LIMIT,
+        node_limit: int | None = None,
         **objective: object,
     ) -> MilpResult:
+        node_limit = MILP_NODE_LIMIT if node_limit is None else node_limit
         if ctx.before_solve is not None:
             ctx.before_solve()
-        result = self._ahead.take(solve_key(id(problem), node_limit, objective))
+        ahead = self._ahead.take(solve_key(id(problem), node_limit, objective))
+        # an answer the safety net cut short on the worker (its limit was read when it was queued)
+        # is solved again in turn, as it would have been
+        result = ahead[1] if ahead is not None and ahead[1].solve_seconds < ahead[0] else None
         if result is not None:
             ctx.stats["milp_solves_ahead"] = ctx.stats.get("milp_solves_ahead", 0) + 1
         else:
@@ -378,6 +385,11 @@ class MilpSolver:
         if result.restricted is not None:
             stats["milp_restricted"] = result.restricted
         return result
+
+
+def _timed_solve(problem: BudgetProblem, *, time_limit: float, **kwargs: object) -> tuple[float, MilpResult]:
+    """``solve_budget``'s answer, with the time limit it had."""
+    return time_limit, solve_budget(problem, time_limit=time_limit, **kwargs)  # type: ignore[arg-type]
 
 
 def _proven_as_fast(answer: Candidate, repaired: Candidate, cap_bytes: int) -> bool:

@@ -145,9 +145,9 @@ def solve(
     try:
         result = _solve(ctx, target, chosen, checked)
     finally:
+        _ask_ahead(chosen, "close")  # no solve outlives the search (never raises)
         # no measurement may outlive the search: the compile that follows patches Inductor's config
         checked.drain()
-        _ask_ahead(chosen, "close")
     # what predicted_peak_bytes and the budget's scale are in: the memory model's peaks, or the
     # check's ("inductor-plan") when plans were checked against Inductor's schedule
     result.stats["peak_model"] = checked.model_name
@@ -523,15 +523,10 @@ def _search(ctx: SearchContext, target: BudgetTarget, chosen: Solver, checked: _
         result.status = "budget-infeasible"
         return result
 
-    span = runtime_optimal.peak - least.peak
-    if target.fraction is not None:
-        # the anchors' line maps the fraction to the same fraction of the model's span; read there,
-        # not back from the rounded checked cap, which can lose a byte (and with it a plan that
-        # meets the target exactly, 2-layer test transformer at 0.5)
-        model_cap = int(least.peak + target.fraction * span)
-    else:
-        model_cap = checked.model_cap(cap)
-    model_cap = min(max(model_cap, least.peak), runtime_optimal.peak)
+    # a fraction: the anchors' line maps it to the same fraction of the model's span; read there,
+    # not back from the rounded checked cap, which can lose a byte (and with it a plan that meets
+    # the target exactly, 2-layer test transformer at 0.5)
+    model_cap = _model_cap(target, least, runtime_optimal, checked.model_cap(cap))
     caps = _caps(least, runtime_optimal, model_cap)
     if guessed is not None and guessed != caps:
         _ask_ahead(chosen, "forget_ahead")
@@ -559,6 +554,16 @@ def _search(ctx: SearchContext, target: BudgetTarget, chosen: Solver, checked: _
     return result
 
 
+def _model_cap(target: BudgetTarget, least: Candidate, runtime_optimal: Candidate, translated: int) -> int:
+    """The model cap proposed for: a fraction of the span between ``least`` and ``runtime_optimal``
+    model peaks, or the byte cap ``translated`` to model peaks; within that span."""
+    if target.fraction is not None:
+        model_cap = int(least.peak + target.fraction * (runtime_optimal.peak - least.peak))
+    else:
+        model_cap = translated
+    return min(max(model_cap, least.peak), runtime_optimal.peak)
+
+
 def _caps(least: Candidate, runtime_optimal: Candidate, model_cap: int) -> list[int]:
     """The model caps proposed for: the target's, then the grid's tighter ones."""
     span = runtime_optimal.peak - least.peak
@@ -571,22 +576,19 @@ def _propose_ahead(
     ctx: SearchContext, target: BudgetTarget, chosen: Solver, checked: _Checked, runtime_optimal: Candidate
 ) -> list[int] | None:
     """Let the chosen solver start the solves it will make for the target and the grid (when it
-    can: ``MilpSolver.propose_ahead``) while the least-peak and runtime-optimal plans are checked.
-    The caps are those ``_search`` computes if the least plan is the model's least-peak plan, as it
-    is without a check and for most checks; only a fraction's cap is known before the check (a
-    byte cap is translated through the checked peaks). The caps guessed, or None."""
+    can: ``MilpSolver.propose_ahead``) before the budget's scale is read (with a check, while the
+    least-peak and runtime-optimal plans are checked for it). The caps are those ``_search``
+    computes if the least plan is the model's least-peak plan, as it is without a check and for
+    most checks; with a check only a fraction's cap is known before it (a byte cap is translated
+    through the checked peaks). The caps guessed, or None."""
     if target.fraction is None and checked.check is not None:
         return None
     lows = sorted(_frontier(ctx.pool.plans.values()), key=lambda c: (c.peak, c.time_s))
     if not lows:
         return None
     least = lows[0]
-    if target.fraction is not None:
-        model_cap = int(least.peak + target.fraction * (runtime_optimal.peak - least.peak))
-    else:
-        model_cap = int(target.cap_bytes or 0)
-    model_cap = min(max(model_cap, least.peak), runtime_optimal.peak)
-    if model_cap >= runtime_optimal.peak or least.peak > model_cap:
+    model_cap = _model_cap(target, least, runtime_optimal, int(target.cap_bytes or 0))
+    if model_cap >= runtime_optimal.peak:
         return None
     caps = _caps(least, runtime_optimal, model_cap)
     _ask_ahead(chosen, "propose_ahead", ctx, caps, least=least, busy=checked.check is not None)
