@@ -130,7 +130,7 @@ def test_when_the_least_plan_is_not_the_guessed_one_the_guesses_are_dropped(monk
 
     def second_lowest(self, runtime_optimal):
         least, high, low = scale(self, runtime_optimal)
-        lows = sorted(search_module._frontier(self.ctx.pool.plans.values()), key=lambda c: (c.peak, c.time_s))
+        lows = search_module._lowest_first(self.ctx.pool)
         other = lows[1] if len(lows) > 1 else least
         return other, high, self.peak(other)
 

@@ -136,7 +136,7 @@ class MilpSolver:
         references = self._references(ctx, cap_bytes)
         self._start(ctx, references[1:], cap_bytes=cap_bytes)
         for start in references:
-            if not self._propose_from(ctx, self._built(ctx, start.saved), cap_bytes, self._big(ctx)):
+            if not self._propose_from(ctx, self._built(ctx, start.saved), cap_bytes):
                 return
 
     def propose_ahead(self, ctx: SearchContext, caps: Sequence[int], *, least: Candidate, busy: bool) -> None:
@@ -164,9 +164,10 @@ class MilpSolver:
     def _big(self, ctx: SearchContext) -> bool:
         return self._restriction(ctx, self._built(ctx, ctx.high.saved)) is not None
 
-    def _propose_from(self, ctx: SearchContext, built: BuiltProblem, cap_bytes: int, big: bool) -> bool:
+    def _propose_from(self, ctx: SearchContext, built: BuiltProblem, cap_bytes: int) -> bool:
         """``propose``'s solves linearised around one reference; False when the search's time ran
         out."""
+        big = self._big(ctx)
         cap = cap_bytes
         bound: list[float | None] = []
         proven: list[tuple[int, float | None]] = []  # (cap, the lower bound proven there)

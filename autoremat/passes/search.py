@@ -285,7 +285,7 @@ class _Checked:
         when its model peak at the most favourable ratio of checked to model peak seen so far is
         below the lowest checked peak (on gpt2 the second-lowest plan's model peak was 13% above the
         least's, and it stayed above it under Inductor)."""
-        lows = sorted(_frontier(self.ctx.pool.plans.values()), key=lambda c: (c.peak, c.time_s))
+        lows = _lowest_first(self.ctx.pool)
         high = self.peak(runtime_optimal)
         if self.check is None:
             return lows[0], runtime_optimal.peak, lows[0].peak
@@ -494,6 +494,11 @@ def _frontier(candidates: Iterable[Candidate]) -> list[Candidate]:
     return frontier
 
 
+def _lowest_first(pool: Pool) -> list[Candidate]:
+    """The pool's time/peak frontier, lowest model peak first: the candidates for the least plan."""
+    return sorted(_frontier(pool.plans.values()), key=lambda c: (c.peak, c.time_s))
+
+
 def _search(ctx: SearchContext, target: BudgetTarget, chosen: Solver, checked: _Checked) -> SolveResult:
     """The search of the module docstring; ``solve`` validates and reports."""
     runtime_optimal = _runtime_optimal(ctx, chosen, checked)
@@ -583,7 +588,7 @@ def _propose_ahead(
     through the checked peaks). The caps guessed, or None."""
     if target.fraction is None and checked.check is not None:
         return None
-    lows = sorted(_frontier(ctx.pool.plans.values()), key=lambda c: (c.peak, c.time_s))
+    lows = _lowest_first(ctx.pool)
     if not lows:
         return None
     least = lows[0]
