@@ -45,7 +45,7 @@ from autoremat.passes.inductor_check import InductorCheck
 from autoremat.passes.mincut import solve_min_cut
 from autoremat.passes.rewrite import split_joint_graph
 from autoremat.passes.search import BudgetTarget, SolveResult, solve, solve_saved
-from autoremat.passes.solver import JointGraph
+from autoremat.passes.solver import JointGraph, StageClock
 from autoremat.plan import Plan, RecomputedOp, record
 from autoremat.plan_builder import build_plan
 
@@ -200,30 +200,38 @@ class RematPartitioner(compat.CustomPartitionerFn):
         num_fwd_outputs: int,
         static_idx: list[int] | None,
     ) -> tuple[fx.GraphModule, fx.GraphModule, Plan]:
-        compat.keep_collective_waits_alive()  # DCE must never drop a collective
-        gm.graph.eliminate_dead_code()
-        gm.recompile()
-        if compat.functorch_config.cse:
-            gm.graph = cse_keeping_collectives(gm.graph)
+        clock = StageClock()
+        with clock.stage("prepare"):
+            compat.keep_collective_waits_alive()  # DCE must never drop a collective
+            gm.graph.eliminate_dead_code()
             gm.recompile()
-        analysis = analyse(
-            gm.graph, num_fwd_outputs=num_fwd_outputs, static_lifetime_input_indices=static_idx
-        )
-        device = _graph_device(gm.graph)
-        model = TIME_MODELS[DEFAULT_TIME_MODEL]
-        costs = default_cost_model(device, self.options.device, self.calibration, model).for_graph(analysis)
+            if compat.functorch_config.cse:
+                gm.graph = cse_keeping_collectives(gm.graph)
+                gm.recompile()
+            analysis = analyse(
+                gm.graph, num_fwd_outputs=num_fwd_outputs, static_lifetime_input_indices=static_idx
+            )
+            device = _graph_device(gm.graph)
+            model = TIME_MODELS[DEFAULT_TIME_MODEL]
+            costs = default_cost_model(device, self.options.device, self.calibration, model).for_graph(
+                analysis
+            )
         if self.options.forced_saved is not None:
-            solution = self._forced(analysis, costs)
+            with clock.stage("step plan"):
+                solution = self._forced(analysis, costs)
         else:
             joint = JointGraph(gm, joint_inputs, static_idx)
-            solution = self._solve(analysis, costs, device, self._check(gm, analysis), joint)
+            solution = self._solve(analysis, costs, device, self._check(gm, analysis), joint, clock)
         if self.frontier_sink is not None:
             keys = stable_node_keys(analysis.graph)
             self.frontier_sink(
                 solution.frontier, tuple(keys[n] for n in solution.cut.saved), solution.check_option
             )
-        fw, bw = split_joint_graph(gm, analysis, solution.cut.saved)
-        plan = build_plan(analysis, costs, solution, budget=self.options.budget_label())
+        with clock.stage("split"):
+            fw, bw = split_joint_graph(gm, analysis, solution.cut.saved)
+        with clock.stage("plan"):
+            plan = build_plan(analysis, costs, solution, budget=self.options.budget_label())
+        plan.solver_stats["stage_seconds"] = clock.seconds()
         return fw, bw, plan
 
     def _forced(self, analysis: JointGraphAnalysis, costs: GraphCosts) -> SolveResult:
@@ -254,10 +262,13 @@ class RematPartitioner(compat.CustomPartitionerFn):
         device: torch.device | None,
         check: InductorCheck | None = None,
         joint: JointGraph | None = None,
+        clock: StageClock | None = None,
     ) -> SolveResult:
         budget = self.options.memory_budget
-        rules = cheap_by(analysis, costs.is_cheap_to_recompute)
-        high = solve_min_cut(analysis, rules)
+        clock = clock or StageClock()
+        with clock.stage("runtime-optimal cut"):
+            rules = cheap_by(analysis, costs.is_cheap_to_recompute)
+            high = solve_min_cut(analysis, rules)
         notes: list[str] = []
         ranks = world_size()
         if budget.kind == "auto":
@@ -282,6 +293,7 @@ class RematPartitioner(compat.CustomPartitionerFn):
             deterministic=ranks > 1,
             check=check,
             joint=joint,
+            clock=clock,
         )
         solution.notes[:0] = notes
         if not solution.feasible:

@@ -17,7 +17,7 @@ import autoremat
 import autoremat.partitioner as partitioner_module
 from autoremat.passes.pool import Candidate
 from autoremat.passes.search import _Checked
-from autoremat.passes.solver import Deadline
+from autoremat.passes.solver import Deadline, StageClock
 from tests.harness import EAGER_TOL, assert_steps_match, compiled_step, train_step
 from tests.models import Transformer
 
@@ -78,7 +78,7 @@ def _candidate(name: str, peak: int, time_s: float) -> Candidate:
 def _checked_over(plans, check: ScaledCheck) -> _Checked:
     """``_Checked`` over a pool of exactly ``plans``."""
     pool = SimpleNamespace(plans={c.cut.saved: c for c in plans})
-    return _Checked(SimpleNamespace(pool=pool, deadline=Deadline(60.0), notes=[]), check)
+    return _Checked(SimpleNamespace(pool=pool, deadline=Deadline(60.0), notes=[], clock=StageClock()), check)
 
 
 def test_a_fraction_is_read_on_the_checked_peaks(monkeypatch):

@@ -41,7 +41,7 @@ from autoremat.passes.milp import within_gap
 from autoremat.passes.mincut import solve_min_cut
 from autoremat.passes.pool import Candidate, MemoryModel, Pool, complete_saved
 from autoremat.passes.registry import BASELINE, EXPLORERS, FALLBACK, SOLVERS
-from autoremat.passes.solver import Deadline, JointGraph, SearchContext, Solver
+from autoremat.passes.solver import Deadline, JointGraph, SearchContext, Solver, StageClock
 from autoremat.passes.step_allocation import StepOption, frontier
 
 log = logging.getLogger("autoremat")
@@ -130,29 +130,36 @@ def solve(
     deterministic: bool = False,
     check: PeakCheck | None = None,
     joint: JointGraph | None = None,
+    clock: StageClock | None = None,
 ) -> SolveResult:
     """Plan for ``target``; ``high`` is the runtime-optimal cut under ``base``. ``deterministic``
     stops consulting the clock at all, for when several ranks must agree. With ``check``, the budget
-    is resolved and the plan picked on checked peaks (see ``_Checked``)."""
+    is resolved and the plan picked on checked peaks (see ``_Checked``). The search's stages are
+    timed on ``clock`` (the partitioner's, which goes on to time the split) and reported in
+    ``stats["stage_seconds"]``."""
     if solver not in SOLVERS:
         raise ValueError(f"solver={solver!r} is invalid: expected one of {tuple(SOLVERS)}")
     deadline = Deadline(time_limit, deterministic)
     started = time.perf_counter()
     pool = Pool(analysis, costs, memory)
-    ctx = SearchContext(analysis, costs, base, high, high, pool, deadline, joint=joint)
+    ctx = SearchContext(
+        analysis, costs, base, high, high, pool, deadline, joint=joint, clock=clock or StageClock()
+    )
     checked = _Checked(ctx, check)
     chosen = SOLVERS[solver]()
-    try:
-        result = _solve(ctx, target, chosen, checked)
-    finally:
-        _ask_ahead(chosen, "close")  # no solve outlives the search (never raises)
-        # no measurement may outlive the search: the compile that follows patches Inductor's config
-        checked.drain()
+    with ctx.clock.stage("search"):
+        try:
+            result = _solve(ctx, target, chosen, checked)
+        finally:
+            _ask_ahead(chosen, "close")  # no solve outlives the search (never raises)
+            # no measurement may outlive the search: the compile that follows patches Inductor's config
+            checked.drain()
     # what predicted_peak_bytes and the budget's scale are in: the memory model's peaks, or the
     # check's ("inductor-plan") when plans were checked against Inductor's schedule
     result.stats["peak_model"] = checked.model_name
     result.stats.update(checked.stats())
     result.stats["solve_seconds"] = time.perf_counter() - started
+    result.stats["stage_seconds"] = ctx.clock.seconds()
     result.frontier = frontier(checked.step_option(c) for c in pool.plans.values())
     if checked.check is not None:
         result.check_option = lambda option: checked.check_option(option)
@@ -242,7 +249,7 @@ class _Checked:
         is a check's time, which the search's time limit does not count (``_ask``)."""
         drain = getattr(self._given, "drain", None)
         if drain is not None:
-            with self.ctx.deadline.paused():
+            with self.ctx.deadline.paused(), self.ctx.clock.stage("check"):
                 drain()
 
     def peak(self, candidate: Candidate) -> int:
@@ -262,7 +269,7 @@ class _Checked:
         if self.check is None:
             return candidate.peak
         try:
-            with self.ctx.deadline.paused():
+            with self.ctx.deadline.paused(), self.ctx.clock.stage("check"):
                 return self.check.confirm(candidate) if confirm else self.check.peak(candidate)
         except Exception as exc:  # noqa: BLE001 - a failed check degrades to the model's peaks
             self._give_up(exc)
@@ -505,7 +512,8 @@ def _search(ctx: SearchContext, target: BudgetTarget, chosen: Solver, checked: _
     if target.cap_bytes is not None and checked.fits(runtime_optimal, target.cap_bytes):
         return _result(ctx, checked, runtime_optimal, target.cap_bytes, runtime_optimal, runtime_optimal)
 
-    ctx.low = solve_min_cut(ctx.analysis, least_memory_rules(ctx.base))
+    with ctx.clock.stage("least-bytes cut"):
+        ctx.low = solve_min_cut(ctx.analysis, least_memory_rules(ctx.base))
     _ask_ahead(chosen, "explore_ahead", ctx)  # while the other explorers run
     healthy = {}
     for solver in _unique([*(explorer() for explorer in EXPLORERS), chosen]):
@@ -741,9 +749,11 @@ def _unique(solvers: list[Solver]) -> list[Solver]:
 
 
 def _guard(ctx: SearchContext, solver: Solver, what: str, run: Callable[[SearchContext], None]) -> bool:
-    """Run one solver stage; a failure is logged and noted, and the other solvers' plans stand."""
+    """Run one solver stage (timed as "<solver> <what>"); a failure is logged and noted, and the
+    other solvers' plans stand."""
     try:
-        run(ctx)
+        with ctx.clock.stage(f"{solver.name} {what}"):
+            run(ctx)
     except Exception as exc:  # noqa: BLE001 - a solver failure degrades to the other solvers' plans
         ctx.notes.append(
             f"{solver.name} {what} failed ({type(exc).__name__}: {exc}); using the other solvers' plans"

@@ -77,6 +77,39 @@ class Deadline:
         return self.left()
 
 
+class StageClock:
+    """Wall seconds per stage of one partition (the search's solvers, its checks, the split), each
+    second charged to the innermost stage running, so the stages add up to the time measured: where
+    a compile's partition time goes (``Plan.solver_stats["stage_seconds"]``, which the benchmarks
+    print). Used from the search's own thread only: work started ahead on another thread shows as
+    the wait, if any, of the stage that takes it."""
+
+    def __init__(self) -> None:
+        self._seconds: dict[str, float] = {}
+        self._running: list[str] = []
+        self._mark = time.perf_counter()
+
+    @contextlib.contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        self._charge()
+        self._running.append(name)
+        try:
+            yield
+        finally:
+            self._charge()
+            self._running.pop()
+
+    def seconds(self) -> dict[str, float]:
+        return {name: round(seconds, 4) for name, seconds in self._seconds.items()}
+
+    def _charge(self) -> None:
+        now = time.perf_counter()
+        if self._running:
+            name = self._running[-1]
+            self._seconds[name] = self._seconds.get(name, 0.0) + now - self._mark
+        self._mark = now
+
+
 @dataclass(frozen=True)
 class JointGraph:
     """The joint graph itself, for a solver that runs another partitioner on it (``torch_knob``)."""
@@ -112,6 +145,8 @@ class SearchContext:
     #: called by a solver before each solve that leaves the GIL for seconds (HiGHS): the search
     #: uses the wait to measure a plan it will check (``search._Checked.prefetch``)
     before_solve: Callable[[], None] | None = None
+    #: the partition's stage timer (``StageClock``)
+    clock: StageClock = field(default_factory=StageClock)
 
 
 class Solver(Protocol):
