@@ -9,7 +9,8 @@ Each case compiles cold (Inductor's caches off) and runs one forward + backward;
 that first step is the compile time users wait for. One process, a warm-up compile first (imports,
 Inductor's one-time setup), then the strategies interleaved per repeat, median reported. Prints a
 markdown table with the ratios, and whether autoremat chose the same plans with its work overlapped
-as in turn (it must: ``passes/inductor_check.py``, ``passes/solves_ahead.py``).
+as in turn (it must: ``passes/inductor_check.py``, ``passes/solves_ahead.py``); then where the
+partition's time went (``benchmarks/stages.py``).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import torch
 
 from autoremat import _torch_compat as compat
 from autoremat.passes import inductor_check, milp_solver
+from benchmarks import stages
 from benchmarks.models import PROFILES, case_by_name
 
 STRATEGIES = ("torch_budget", "autoremat_unchecked", "autoremat_in_turn", "autoremat")
@@ -29,9 +31,9 @@ STRATEGIES = ("torch_budget", "autoremat_unchecked", "autoremat_in_turn", "autor
 
 def first_step_seconds(
     model_name: str, profile: str, strategy: str, budget: float
-) -> tuple[float, float, tuple[str, ...]]:
+) -> tuple[float, float, tuple[str, ...], dict[str, float]]:
     """(wall seconds of the cold first step, seconds autoremat spent partitioning, 0 for torch, the
-    digests of autoremat's plans)."""
+    digests of autoremat's plans, their partition time by ``stages.GROUPS``)."""
     import autoremat
 
     case = case_by_name(profile, model_name)
@@ -56,7 +58,8 @@ def first_step_seconds(
     finally:
         inductor_check.MEASURE_AHEAD = milp_solver.SOLVE_AHEAD = True
     plans = autoremat.plan.recorded_since(before)
-    return seconds, sum(p.partition_seconds for p in plans), tuple(p.digest() for p in plans)
+    breakdown = stages.summed(p.solver_stats.get("stage_seconds", {}) for p in plans)
+    return seconds, sum(p.partition_seconds for p in plans), tuple(p.digest() for p in plans), breakdown
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -73,17 +76,26 @@ def main(argv: list[str] | None = None) -> None:
         "autoremat s (partition s) | same plans | autoremat / unchecked | autoremat / torch knob |",
         "|---|---|---:|---:|---:|---:|---|---:|---:|",
     ]
+    breakdowns = [
+        f"| model | profile | autoremat partition s {stages.header()}",
+        "|---|---|---:|" + "---:|" * (len(stages.GROUPS) + 1),
+    ]
     for profile in args.profile:
         for name in args.models:
-            runs: dict[str, list[tuple[float, float, tuple[str, ...]]]] = {s: [] for s in STRATEGIES}
+            runs: dict[str, list[tuple[float, float, tuple[str, ...], dict[str, float]]]] = {
+                s: [] for s in STRATEGIES
+            }
             for _ in range(args.repeats):
                 for strategy in STRATEGIES:
                     runs[strategy].append(first_step_seconds(name, profile, strategy, args.budget))
                     print(name, profile, strategy, runs[strategy][-1][:2], flush=True)
-            med = {s: statistics.median(t for t, _, _ in r) for s, r in runs.items()}
-            part = {s: statistics.median(p for _, p, _ in r) for s, r in runs.items()}
+            med = {s: statistics.median(r[0] for r in runs[s]) for s in STRATEGIES}
+            part = {s: statistics.median(r[1] for r in runs[s]) for s in STRATEGIES}
             # overlapping must not change a plan: every run of both gave the same digests
-            same = len({d for s in ("autoremat", "autoremat_in_turn") for _, _, d in runs[s]}) == 1
+            same = len({r[2] for s in ("autoremat", "autoremat_in_turn") for r in runs[s]}) == 1
+            columns = [*stages.GROUPS, stages.OTHER]
+            split = {c: statistics.median(r[3][c] for r in runs["autoremat"]) for c in columns}
+            breakdowns.append(f"| {name} | {profile} | {part['autoremat']:.1f} | {stages.cells(split)} |")
             checked, unchecked, knob = med["autoremat"], med["autoremat_unchecked"], med["torch_budget"]
             in_turn = med["autoremat_in_turn"]
             lines.append(
@@ -94,6 +106,9 @@ def main(argv: list[str] | None = None) -> None:
             )
     print(f"\ntorch {torch.__version__}, budget {args.budget}, median of {args.repeats}\n")
     print("\n".join(lines))
+    print("\nWhere autoremat's partition time went (the checked, overlapped runs; medians per column,")
+    print("benchmarks/stages.py):\n")
+    print("\n".join(breakdowns))
 
 
 if __name__ == "__main__":

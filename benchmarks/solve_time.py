@@ -8,7 +8,8 @@ by both, each on a fresh copy. Printed per row: joint nodes, repeated blocks fou
 (binaries, rows: of the block-restricted program above ``FULL_PROGRAM_MAX_CANDIDATES`` candidates),
 solves and seconds, autoremat's partition seconds, torch's, their ratio, the solver whose plan won, its
 status and proven gap (empty when none is proven), and whether the safety-net time limit stopped the
-search (it should never).
+search (it should never). A second table splits autoremat's partition time by what it is made of
+(``benchmarks/stages.py``).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from autoremat.demo.model import GPT, GPTConfig, example_batch
 from autoremat.measure import CapturedJoint, capture_joint_graphs
 from autoremat.options import resolve_options
 from autoremat.partitioner import RematPartitioner
+from benchmarks import stages
 
 
 def _largest_benchmark_graph(profile: str) -> tuple[str, CapturedJoint]:
@@ -60,7 +62,7 @@ def _torch_seconds(joint: CapturedJoint, budget: float) -> float:
     return time.perf_counter() - start
 
 
-def _row(name: str, joint: CapturedJoint, budget: float) -> str:
+def _row(name: str, joint: CapturedJoint, budget: float) -> tuple[str, str]:
     options = resolve_options({"memory_budget": budget, "compiler": "eager"})
     partitioner = RematPartitioner(options)
     start = time.perf_counter()
@@ -76,12 +78,15 @@ def _row(name: str, joint: CapturedJoint, budget: float) -> str:
     stats = plan.solver_stats
     gap = "" if plan.optimality_gap is None else f"{plan.optimality_gap:.1%}"
     stopped = "yes" if any("time limit" in note for note in plan.notes) else "no"
+    breakdown = (
+        f"| {name} | {budget:g} | {seconds:.2f} | {stages.cells(stages.grouped(stats['stage_seconds']))} |"
+    )
     return (
         f"| {name} | {len(joint.gm.graph.nodes)} | {stats.get('blocks') or ''} | {budget:g} | "
         f"{stats.get('milp_binaries', '')} | {stats.get('milp_rows', '')} | "
         f"{stats.get('milp_solves', 0)} | {stats.get('milp_seconds', 0.0):.2f} | {seconds:.2f} | "
         f"{theirs:.2f} | {seconds / theirs:.2f} | {plan.solver} / {plan.status} | {gap} | {stopped} |"
-    )
+    ), breakdown
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -101,9 +106,17 @@ def main(argv: list[str] | None = None) -> None:
     graphs = [_deep_gpt(layers) for layers in args.layers]
     if args.largest_suite_graph:
         graphs.insert(0, _largest_benchmark_graph(args.largest_suite_graph))
+    breakdowns = []
     for name, joint in graphs:
         for budget in args.budgets:
-            print(_row(name, joint, budget), flush=True)
+            row, breakdown = _row(name, joint, budget)
+            print(row, flush=True)
+            breakdowns.append(breakdown)
+    print("\nWhere autoremat's partition time went (benchmarks/stages.py: wall seconds on the search's")
+    print("thread, each charged to the innermost stage; solves run ahead show as the wait, if any):\n")
+    print(f"| graph | budget | autoremat s {stages.header()}")
+    print("|---|---:|---:|" + "---:|" * (len(stages.GROUPS) + 1))
+    print("\n".join(breakdowns))
 
 
 if __name__ == "__main__":

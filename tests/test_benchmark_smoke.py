@@ -67,3 +67,24 @@ def test_case_runs_in_a_subprocess():
     )
     line = next(x for x in out.stdout.splitlines() if x.startswith("RESULT "))
     assert json.loads(line[len("RESULT ") :])["label"] == "eager"
+
+
+def test_stage_groups_account_for_every_second():
+    from benchmarks import stages
+
+    sums = stages.grouped(
+        {"prepare": 1.0, "milp budget": 2.0, "milp explore": 0.5, "check": 3.0, "new": 0.25}
+    )
+    assert sums["prepare"] == 1.0 and sums["MILP"] == 2.5 and sums["check"] == 3.0
+    assert sums[stages.OTHER] == 0.25 and sum(sums.values()) == 6.75
+
+
+def test_solve_time_splits_the_partition_it_times(capsys):
+    from benchmarks import solve_time
+
+    solve_time.main(["--layers", "2"])
+    out = capsys.readouterr().out
+    row = [line for line in out.splitlines() if line.startswith("| GPT, 2 layers | 0.5 |")]
+    assert len(row) == 1, out
+    seconds, *columns = (float(cell) for cell in row[0].strip("|").split("|")[2:])
+    assert len(columns) == 7 and sum(columns) == pytest.approx(seconds, rel=0.02, abs=0.02)
