@@ -12,7 +12,13 @@ from collections.abc import Iterable, Mapping
 #: column -> the stages it sums ("<solver> <what>" for the search's solver stages)
 GROUPS: dict[str, tuple[str, ...]] = {
     "prepare": ("prepare", "runtime-optimal cut"),
-    "min-cuts, greedy": ("least-bytes cut", "min-cut explore", "greedy explore", "greedy budget"),
+    "min-cuts, greedy": (
+        "least-bytes cut",
+        "min-cut explore",
+        "greedy prepare",
+        "greedy explore",
+        "greedy budget",
+    ),
     "torch knob": ("torch-knob explore",),
     "MILP": ("milp fastest", "milp explore", "milp budget"),
     "check": ("check",),

@@ -14,6 +14,7 @@ import pytest
 
 import autoremat.passes.search as search_module
 from autoremat.passes import milp, milp_solver
+from autoremat.passes.pool import Pool
 from autoremat.passes.solves_ahead import SolvesAhead, solve_key
 from tests.test_inductor_check import ScaledCheck, _plan
 
@@ -100,6 +101,30 @@ def test_the_search_makes_the_plans_it_makes_with_every_solve_in_turn(budget, ch
     assert ahead.solver_stats.get("milp_solves_ahead", 0) > 0  # the solves did run ahead
     assert "milp_solves_ahead" not in in_turn.solver_stats
     assert not _solve_threads()
+
+
+@pytest.mark.parametrize("check", [None, ScaledCheck(share=0.7)], ids=["unchecked", "checked"])
+def test_greedys_cuts_made_during_the_fastest_solve_reach_the_pool_in_the_same_order(check, monkeypatch):
+    """``search._prepare`` lets greedy cut its sweep while budget 1.0's solve runs ahead; the pool
+    must see every plan, from every source, in the order it sees them when greedy cuts in turn."""
+    added: list[tuple[str, object]] = []
+    add = Pool.add
+
+    def spy(self, cut, source, gap=None):
+        added.append((source, tuple(n.name for n in cut.saved)))
+        return add(self, cut, source, gap)
+
+    monkeypatch.setattr(Pool, "add", spy)
+    prepare = search_module._prepare
+    monkeypatch.setattr(search_module, "_prepare", lambda ctx, chosen, explorers: prepare(ctx, chosen, []))
+    in_turn = _plan(0.5, check and ScaledCheck(share=check.share), monkeypatch)
+    order, added[:] = list(added), []
+    monkeypatch.setattr(search_module, "_prepare", prepare)
+    ahead = _plan(0.5, check, monkeypatch)
+    assert added == order and _digest(ahead) == _digest(in_turn)
+    assert "greedy prepare" in ahead.solver_stats["stage_seconds"]
+    assert "greedy prepare" not in in_turn.solver_stats["stage_seconds"]
+    assert ahead.solver_stats["milp_solves_ahead"] >= 1 and not _solve_threads()
 
 
 def test_an_answer_the_safety_net_cut_short_ahead_is_solved_again_in_turn(monkeypatch):

@@ -117,15 +117,26 @@ class GreedySolver:
 
     name = "greedy"
 
-    def explore(self, ctx: SearchContext) -> None:
+    def __init__(self) -> None:
+        self._sweep: list[CutResult] | None = None
+
+    def prepare(self, ctx: SearchContext) -> None:
+        """Cut the sweep now, pool it when asked to explore: the cuts read the graph and its costs
+        only, so the search makes them while a solve of its own runs (``search._prepare``), and the
+        pool sees them in the same order as ever."""
         deadline = ctx.deadline
-        for cut in greedy_sweep(
+        self._sweep = greedy_sweep(
             ctx.analysis,
             base=ctx.base,
             cost_s=ctx.costs.standalone_s,
             points=SWEEP_POINTS,
             keep_going=lambda: deadline.left() > 0,  # a safety net: the sweep is SWEEP_POINTS cuts
-        ):
+        )
+
+    def explore(self, ctx: SearchContext) -> None:
+        if self._sweep is None:
+            self.prepare(ctx)
+        for cut in self._sweep or ():
             ctx.pool.add(cut, self.name)
 
     def propose(self, ctx: SearchContext, cap_bytes: int) -> None:

@@ -128,6 +128,11 @@ class MilpSolver:
         for result in self._solve_all(ctx, built, tie=True, cap_bytes=cap_bytes):
             self._pool(ctx, built, result)
 
+    def fastest_ahead(self, ctx: SearchContext, cap_bytes: int) -> None:
+        """Start ``fastest``'s solve, so that the search's thread can work meanwhile (it is one
+        solve, linearised around the min-cut plan, whatever the search does before taking it)."""
+        self._start(ctx, [ctx.high], tie=True, cap_bytes=cap_bytes)
+
     def propose(self, ctx: SearchContext, cap_bytes: int) -> None:
         """Linearise around the best plan known to fit (the model is closest to the truth near it),
         then around the runtime-optimal plan; per reference, lower the cap by the model's shortfall

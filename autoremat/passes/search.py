@@ -508,15 +508,18 @@ def _lowest_first(pool: Pool) -> list[Candidate]:
 
 def _search(ctx: SearchContext, target: BudgetTarget, chosen: Solver, checked: _Checked) -> SolveResult:
     """The search of the module docstring; ``solve`` validates and reports."""
-    runtime_optimal = _runtime_optimal(ctx, chosen, checked)
+    explorers = _unique([*(explorer() for explorer in EXPLORERS), chosen])
+    # a fraction below 1 always searches: what the explorers can do before the budget-1.0 plan is
+    # known, they do while its solve runs; a byte cap may be met by that plan (no search)
+    prepare = (lambda: _prepare(ctx, chosen, explorers)) if target.fraction is not None else None
+    runtime_optimal = _runtime_optimal(ctx, chosen, checked, meanwhile=prepare)
     if target.cap_bytes is not None and checked.fits(runtime_optimal, target.cap_bytes):
         return _result(ctx, checked, runtime_optimal, target.cap_bytes, runtime_optimal, runtime_optimal)
 
-    with ctx.clock.stage("least-bytes cut"):
-        ctx.low = solve_min_cut(ctx.analysis, least_memory_rules(ctx.base))
-    _ask_ahead(chosen, "explore_ahead", ctx)  # while the other explorers run
+    if prepare is None:
+        _prepare(ctx, chosen, explorers=[])
     healthy = {}
-    for solver in _unique([*(explorer() for explorer in EXPLORERS), chosen]):
+    for solver in explorers:
         healthy[solver.name] = _guard(ctx, solver, "explore", solver.explore)
     guessed = _propose_ahead(ctx, target, chosen, checked, runtime_optimal)
     least, high_peak, least_peak = checked.scale(runtime_optimal)
@@ -688,7 +691,23 @@ def _fall_back_if_needed(ctx: SearchContext, chosen: Solver, healthy: bool, mode
     _guard(ctx, fallback, "budget", lambda c: fallback.propose(c, model_cap))
 
 
-def _runtime_optimal(ctx: SearchContext, chosen: Solver, checked: _Checked) -> Candidate:
+def _prepare(ctx: SearchContext, chosen: Solver, explorers: list[Solver]) -> None:
+    """The explorers' work that needs no plan of the search's: the least-bytes cut, the first
+    solves of the chosen solver's exploration (started ahead: ``solves_ahead.py``), and what each
+    of ``explorers`` prepares (``GreedySolver.prepare``: its sweep's cuts, which it pools when it
+    explores, so the pool is filled in the same order as without it)."""
+    with ctx.clock.stage("least-bytes cut"):
+        ctx.low = solve_min_cut(ctx.analysis, least_memory_rules(ctx.base))
+    _ask_ahead(chosen, "explore_ahead", ctx)  # while the other explorers run
+    for solver in explorers:
+        ready = getattr(solver, "prepare", None)
+        if ready is not None:
+            _guard(ctx, solver, "prepare", ready)
+
+
+def _runtime_optimal(
+    ctx: SearchContext, chosen: Solver, checked: _Checked, meanwhile: Callable[[], None] | None = None
+) -> Candidate:
     """The budget-1.0 plan: the min-cut's, unless the chosen solver's ``fastest`` (when it has one:
     the MILP's least recompute time within the min-cut plan's peak) finds a plan that beats it on
     both counts (no more peak, less predicted time). The min-cut minimises its own edge weights,
@@ -699,11 +718,17 @@ def _runtime_optimal(ctx: SearchContext, chosen: Solver, checked: _Checked) -> C
     high = ctx.pool.add(ctx.high, BASELINE.name)
     fastest = getattr(chosen, "fastest", None)
     if fastest is None:
+        if meanwhile is not None:
+            meanwhile()
         return high
     before = set(ctx.pool.plans)
     # the min-cut plan is the runtime-optimal one unless this solve finds one that dominates it
-    # (rare): it is measured while the solve runs
+    # (rare): it is measured while the solve runs, and ``meanwhile`` is done then (with the solve
+    # started ahead: 57 GPT layers, 1.2 s of it beside greedy's cuts)
     checked.prefetch(high)
+    if meanwhile is not None:
+        _ask_ahead(chosen, "fastest_ahead", ctx, high.peak)
+        meanwhile()
     _guard(ctx, chosen, "fastest", lambda c: fastest(c, high.peak))
     checked.drain()  # the explorers that follow run torch's own partitioner
     found = [
