@@ -20,7 +20,7 @@ GROUPS: dict[str, tuple[str, ...]] = {
         "greedy budget",
     ),
     "torch knob": ("torch-knob explore",),
-    "MILP": ("milp fastest", "milp explore", "milp budget"),
+    "MILP": ("milp ahead", "milp fastest", "milp explore", "milp budget"),
     "check": ("check",),
     "split": ("split",),
 }

@@ -151,7 +151,7 @@ def solve(
         try:
             result = _solve(ctx, target, chosen, checked)
         finally:
-            _ask_ahead(chosen, "close")  # no solve outlives the search (never raises)
+            _ask_ahead(ctx, chosen, "close")  # no solve outlives the search (never raises)
             # no measurement may outlive the search: the compile that follows patches Inductor's config
             checked.drain()
     # what predicted_peak_bytes and the budget's scale are in: the memory model's peaks, or the
@@ -545,7 +545,7 @@ def _search(ctx: SearchContext, target: BudgetTarget, chosen: Solver, checked: _
     model_cap = _model_cap(target, least, runtime_optimal, checked.model_cap(cap))
     caps = _caps(least, runtime_optimal, model_cap)
     if guessed is not None and guessed != caps:
-        _ask_ahead(chosen, "forget_ahead")
+        _ask_ahead(ctx, chosen, "forget_ahead")
     earlier = set(ctx.pool.plans)
     for i, each in enumerate(caps):
         if not healthy[chosen.name]:
@@ -607,18 +607,20 @@ def _propose_ahead(
     if model_cap >= runtime_optimal.peak:
         return None
     caps = _caps(least, runtime_optimal, model_cap)
-    _ask_ahead(chosen, "propose_ahead", ctx, caps, least=least, busy=checked.check is not None)
+    _ask_ahead(ctx, chosen, "propose_ahead", ctx, caps, least=least, busy=checked.check is not None)
     return caps
 
 
-def _ask_ahead(solver: Solver, method: str, *args: Any, **kwargs: Any) -> None:
-    """Call ``solver``'s optional ``method`` (work started ahead, or its end); work ahead is only
-    a speed-up, so a failure to start it is logged and the search goes on."""
+def _ask_ahead(ctx: SearchContext, solver: Solver, method: str, *args: Any, **kwargs: Any) -> None:
+    """Call ``solver``'s optional ``method`` (work started ahead, or its end; timed as "<solver>
+    ahead": building the problems it starts, or waiting for the solve still running at the end);
+    work ahead is only a speed-up, so a failure to start it is logged and the search goes on."""
     call = getattr(solver, method, None)
     if call is None:
         return
     try:
-        call(*args, **kwargs)
+        with ctx.clock.stage(f"{solver.name} ahead"):
+            call(*args, **kwargs)
     except Exception as exc:  # noqa: BLE001 - the same solves, asked in turn, report their own failures
         log.debug("autoremat: %s.%s failed (%s: %s)", solver.name, method, type(exc).__name__, exc)
 
@@ -698,7 +700,7 @@ def _prepare(ctx: SearchContext, chosen: Solver, explorers: list[Solver]) -> Non
     explores, so the pool is filled in the same order as without it)."""
     with ctx.clock.stage("least-bytes cut"):
         ctx.low = solve_min_cut(ctx.analysis, least_memory_rules(ctx.base))
-    _ask_ahead(chosen, "explore_ahead", ctx)  # while the other explorers run
+    _ask_ahead(ctx, chosen, "explore_ahead", ctx)  # while the other explorers run
     for solver in explorers:
         ready = getattr(solver, "prepare", None)
         if ready is not None:
@@ -727,7 +729,7 @@ def _runtime_optimal(
     # started ahead: 57 GPT layers, 1.2 s of it beside greedy's cuts)
     checked.prefetch(high)
     if meanwhile is not None:
-        _ask_ahead(chosen, "fastest_ahead", ctx, high.peak)
+        _ask_ahead(ctx, chosen, "fastest_ahead", ctx, high.peak)
         meanwhile()
     _guard(ctx, chosen, "fastest", lambda c: fastest(c, high.peak))
     checked.drain()  # the explorers that follow run torch's own partitioner
