@@ -33,7 +33,7 @@ def first_step_seconds(
     model_name: str, profile: str, strategy: str, budget: float
 ) -> tuple[float, float, tuple[str, ...], dict[str, float]]:
     """(wall seconds of the cold first step, seconds autoremat spent partitioning, 0 for torch, the
-    digests of autoremat's plans, their partition time by ``stages.GROUPS``)."""
+    digests of autoremat's plans, their partition time by ``stages.COLUMNS``)."""
     import autoremat
 
     case = case_by_name(profile, model_name)
@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> None:
     ]
     breakdowns = [
         f"| model | profile | autoremat partition s {stages.header()}",
-        "|---|---|---:|" + "---:|" * (len(stages.GROUPS) + 1),
+        "|---|---|---:|" + "---:|" * len(stages.COLUMNS),
     ]
     for profile in args.profile:
         for name in args.models:
@@ -93,8 +93,7 @@ def main(argv: list[str] | None = None) -> None:
             part = {s: statistics.median(r[1] for r in runs[s]) for s in STRATEGIES}
             # overlapping must not change a plan: every run of both gave the same digests
             same = len({r[2] for s in ("autoremat", "autoremat_in_turn") for r in runs[s]}) == 1
-            columns = [*stages.GROUPS, stages.OTHER]
-            split = {c: statistics.median(r[3][c] for r in runs["autoremat"]) for c in columns}
+            split = {c: statistics.median(r[3][c] for r in runs["autoremat"]) for c in stages.COLUMNS}
             breakdowns.append(f"| {name} | {profile} | {part['autoremat']:.1f} | {stages.cells(split)} |")
             checked, unchecked, knob = med["autoremat"], med["autoremat_unchecked"], med["torch_budget"]
             in_turn = med["autoremat_in_turn"]

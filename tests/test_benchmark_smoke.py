@@ -73,9 +73,9 @@ def test_stage_groups_account_for_every_second():
     from benchmarks import stages
 
     sums = stages.grouped(
-        {"prepare": 1.0, "milp budget": 2.0, "milp explore": 0.5, "check": 3.0, "new": 0.25}
+        {"analyse": 1.0, "milp budget": 2.0, "milp explore": 0.5, "check": 3.0, "new": 0.25}
     )
-    assert sums["prepare"] == 1.0 and sums["MILP"] == 2.5 and sums["check"] == 3.0
+    assert sums["analysis"] == 1.0 and sums["MILP"] == 2.5 and sums["check"] == 3.0
     assert sums[stages.OTHER] == 0.25 and sum(sums.values()) == 6.75
 
 
@@ -87,4 +87,4 @@ def test_solve_time_splits_the_partition_it_times(capsys):
     row = [line for line in out.splitlines() if line.startswith("| GPT, 2 layers | 0.5 |")]
     assert len(row) == 1, out
     seconds, *columns = (float(cell) for cell in row[0].strip("|").split("|")[2:])
-    assert len(columns) == 7 and sum(columns) == pytest.approx(seconds, rel=0.02, abs=0.02)
+    assert len(columns) == 7 and sum(columns) == pytest.approx(seconds, rel=0.03, abs=0.05)  # 2 decimals

@@ -13,7 +13,7 @@ import threading
 import pytest
 
 import autoremat.passes.search as search_module
-from autoremat.passes import milp, milp_solver
+from autoremat.passes import greedy, milp, milp_solver
 from autoremat.passes.pool import Pool
 from autoremat.passes.solves_ahead import SolvesAhead, solve_key
 from tests.test_inductor_check import ScaledCheck, _plan
@@ -125,6 +125,31 @@ def test_greedys_cuts_made_during_the_fastest_solve_reach_the_pool_in_the_same_o
     assert "greedy prepare" in ahead.solver_stats["stage_seconds"]
     assert "greedy prepare" not in in_turn.solver_stats["stage_seconds"]
     assert ahead.solver_stats["milp_solves_ahead"] >= 1 and not _solve_threads()
+
+
+def test_budget_ones_solve_is_the_one_taken_ahead_while_greedy_cuts(monkeypatch):
+    ahead = _plan(0.5, None, monkeypatch)
+    monkeypatch.setattr(milp_solver.MilpSolver, "fastest_ahead", lambda self, ctx, cap_bytes: None)
+    without = _plan(0.5, None, monkeypatch)
+    assert _digest(ahead) == _digest(without)
+    assert ahead.solver_stats["milp_solves_ahead"] == without.solver_stats.get("milp_solves_ahead", 0) + 1
+
+
+def test_a_failed_prepare_leaves_the_work_to_explore_and_says_nothing(monkeypatch):
+    calls = []
+    sweep = greedy.greedy_sweep
+
+    def fails_once(*args, **kwargs):
+        calls.append(len(calls))
+        if len(calls) == 1:
+            raise RuntimeError("boom")
+        return sweep(*args, **kwargs)
+
+    reference = _plan(0.5, None, monkeypatch)
+    monkeypatch.setattr(greedy, "greedy_sweep", fails_once)
+    plan = _plan(0.5, None, monkeypatch)
+    assert calls == [0, 1] and _digest(plan) == _digest(reference)
+    assert not any("boom" in note for note in plan.notes)
 
 
 def test_an_answer_the_safety_net_cut_short_ahead_is_solved_again_in_turn(monkeypatch):

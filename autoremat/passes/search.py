@@ -154,13 +154,13 @@ def solve(
             _ask_ahead(ctx, chosen, "close")  # no solve outlives the search (never raises)
             # no measurement may outlive the search: the compile that follows patches Inductor's config
             checked.drain()
-    # what predicted_peak_bytes and the budget's scale are in: the memory model's peaks, or the
-    # check's ("inductor-plan") when plans were checked against Inductor's schedule
-    result.stats["peak_model"] = checked.model_name
-    result.stats.update(checked.stats())
+        # what predicted_peak_bytes and the budget's scale are in: the memory model's peaks, or the
+        # check's ("inductor-plan") when plans were checked against Inductor's schedule
+        result.stats["peak_model"] = checked.model_name
+        result.stats.update(checked.stats())
+        result.frontier = frontier(checked.step_option(c) for c in pool.plans.values())
     result.stats["solve_seconds"] = time.perf_counter() - started
-    result.stats["stage_seconds"] = ctx.clock.seconds()
-    result.frontier = frontier(checked.step_option(c) for c in pool.plans.values())
+    result.stats["stage_seconds"] = ctx.clock.seconds()  # the partitioner's clock goes on
     if checked.check is not None:
         result.check_option = lambda option: checked.check_option(option)
     if deadline.left() <= 0:
@@ -702,9 +702,14 @@ def _prepare(ctx: SearchContext, chosen: Solver, explorers: list[Solver]) -> Non
         ctx.low = solve_min_cut(ctx.analysis, least_memory_rules(ctx.base))
     _ask_ahead(ctx, chosen, "explore_ahead", ctx)  # while the other explorers run
     for solver in explorers:
-        ready = getattr(solver, "prepare", None)
-        if ready is not None:
-            _guard(ctx, solver, "prepare", ready)
+        prepare = getattr(solver, "prepare", None)
+        if prepare is None:
+            continue
+        try:
+            with ctx.clock.stage(f"{solver.name} prepare"):
+                prepare(ctx)
+        except Exception as exc:  # noqa: BLE001 - a speed-up: its explore does the work again and reports
+            log.debug("autoremat: %s.prepare failed (%s: %s)", solver.name, type(exc).__name__, exc)
 
 
 def _runtime_optimal(

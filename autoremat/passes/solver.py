@@ -84,10 +84,11 @@ class StageClock:
     print). Used from the search's own thread only: work started ahead on another thread shows as
     the wait, if any, of the stage that takes it."""
 
-    def __init__(self) -> None:
+    def __init__(self, timer: Callable[[], float] = time.perf_counter) -> None:
+        self._timer = timer
         self._seconds: dict[str, float] = {}
         self._running: list[str] = []
-        self._mark = time.perf_counter()
+        self._mark = timer()
 
     @contextlib.contextmanager
     def stage(self, name: str) -> Iterator[None]:
@@ -103,7 +104,7 @@ class StageClock:
         return {name: round(seconds, 4) for name, seconds in self._seconds.items()}
 
     def _charge(self) -> None:
-        now = time.perf_counter()
+        now = self._timer()
         if self._running:
             name = self._running[-1]
             self._seconds[name] = self._seconds.get(name, 0.0) + now - self._mark
@@ -158,3 +159,9 @@ class Solver(Protocol):
 
     def propose(self, ctx: SearchContext, cap_bytes: int) -> None:
         """Add plans whose peak should be at most ``cap_bytes``."""
+
+    # optional: ``prepare(ctx)``, the part of ``explore`` that needs no plan of the search's, made
+    # early (for a fraction, while budget 1.0's solve runs: ``search._prepare``). It reads the
+    # graph, its costs and the rules only: it must not add to or read the pool (plans pooled then
+    # would count as budget 1.0's), nor compile or partition (a check may be lowering meanwhile);
+    # ``explore`` must work without it (it is not called for a byte cap) and after it failed.
