@@ -731,7 +731,7 @@ def _runtime_optimal(
     before = set(ctx.pool.plans)
     # the min-cut plan is the runtime-optimal one unless this solve finds one that dominates it
     # (rare): it is measured while the solve runs, and ``meanwhile`` is done then (with the solve
-    # started ahead: 57 GPT layers, 1.2 s of it beside greedy's cuts)
+    # started ahead: at 57 GPT layers its 1.2 s run beside the least-bytes and greedy's cuts)
     checked.prefetch(high)
     if meanwhile is not None:
         _ask_ahead(ctx, chosen, "fastest_ahead", ctx, high.peak)
