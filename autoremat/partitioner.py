@@ -261,12 +261,11 @@ class RematPartitioner(compat.CustomPartitionerFn):
         analysis: JointGraphAnalysis,
         costs: GraphCosts,
         device: torch.device | None,
-        check: InductorCheck | None = None,
-        joint: JointGraph | None = None,
-        clock: StageClock | None = None,
+        check: InductorCheck | None,
+        joint: JointGraph | None,
+        clock: StageClock,
     ) -> SolveResult:
         budget = self.options.memory_budget
-        clock = clock or StageClock()
         with clock.stage("runtime-optimal cut"):
             rules = cheap_by(analysis, costs.is_cheap_to_recompute)
             high = solve_min_cut(analysis, rules)

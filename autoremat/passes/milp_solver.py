@@ -349,6 +349,7 @@ class MilpSolver:
         node_limit: int | None = None,
         **objective: object,
     ) -> MilpResult:
+        # read at call time, as ``_start`` reads it: the keys of solves started ahead must match
         node_limit = MILP_NODE_LIMIT if node_limit is None else node_limit
         if ctx.before_solve is not None:
             ctx.before_solve()

@@ -130,21 +130,18 @@ def solve(
     deterministic: bool = False,
     check: PeakCheck | None = None,
     joint: JointGraph | None = None,
-    clock: StageClock | None = None,
+    clock: StageClock,
 ) -> SolveResult:
     """Plan for ``target``; ``high`` is the runtime-optimal cut under ``base``. ``deterministic``
     stops consulting the clock at all, for when several ranks must agree. With ``check``, the budget
     is resolved and the plan picked on checked peaks (see ``_Checked``). The search's stages are
-    timed on ``clock`` (the partitioner's, which goes on to time the split) and reported in
-    ``stats["stage_seconds"]``."""
+    timed on ``clock``, the partitioner's, which reports them with its own."""
     if solver not in SOLVERS:
         raise ValueError(f"solver={solver!r} is invalid: expected one of {tuple(SOLVERS)}")
     deadline = Deadline(time_limit, deterministic)
     started = time.perf_counter()
     pool = Pool(analysis, costs, memory)
-    ctx = SearchContext(
-        analysis, costs, base, high, high, pool, deadline, joint=joint, clock=clock or StageClock()
-    )
+    ctx = SearchContext(analysis, costs, base, high, high, pool, deadline, joint=joint, clock=clock)
     checked = _Checked(ctx, check)
     chosen = SOLVERS[solver]()
     with ctx.clock.stage("search"):
@@ -160,7 +157,6 @@ def solve(
         result.stats.update(checked.stats())
         result.frontier = frontier(checked.step_option(c) for c in pool.plans.values())
     result.stats["solve_seconds"] = time.perf_counter() - started
-    result.stats["stage_seconds"] = ctx.clock.seconds()  # the partitioner's clock goes on
     if checked.check is not None:
         result.check_option = lambda option: checked.check_option(option)
     if deadline.left() <= 0:
@@ -611,15 +607,18 @@ def _propose_ahead(
     return caps
 
 
-def _ask_ahead(ctx: SearchContext, solver: Solver, method: str, *args: Any, **kwargs: Any) -> None:
+def _ask_ahead(
+    ctx: SearchContext, solver: Solver, method: str, *args: Any, stage: str = "ahead", **kwargs: Any
+) -> None:
     """Call ``solver``'s optional ``method`` (work started ahead, or its end; timed as "<solver>
-    ahead": building the problems it starts, or waiting for the solve still running at the end);
-    work ahead is only a speed-up, so a failure to start it is logged and the search goes on."""
+    <stage>": building the problems it starts, or waiting for the solve still running at the end);
+    work ahead is only a speed-up, so a failure to start it is logged and the search goes on (the
+    work is done in turn)."""
     call = getattr(solver, method, None)
     if call is None:
         return
     try:
-        with ctx.clock.stage(f"{solver.name} ahead"):
+        with ctx.clock.stage(f"{solver.name} {stage}"):
             call(*args, **kwargs)
     except Exception as exc:  # noqa: BLE001 - the same solves, asked in turn, report their own failures
         log.debug("autoremat: %s.%s failed (%s: %s)", solver.name, method, type(exc).__name__, exc)
@@ -701,15 +700,8 @@ def _prepare(ctx: SearchContext, chosen: Solver, explorers: list[Solver]) -> Non
     with ctx.clock.stage("least-bytes cut"):
         ctx.low = solve_min_cut(ctx.analysis, least_memory_rules(ctx.base))
     _ask_ahead(ctx, chosen, "explore_ahead", ctx)  # while the other explorers run
-    for solver in explorers:
-        prepare = getattr(solver, "prepare", None)
-        if prepare is None:
-            continue
-        try:
-            with ctx.clock.stage(f"{solver.name} prepare"):
-                prepare(ctx)
-        except Exception as exc:  # noqa: BLE001 - a speed-up: its explore does the work again and reports
-            log.debug("autoremat: %s.prepare failed (%s: %s)", solver.name, type(exc).__name__, exc)
+    for solver in explorers:  # a failure is left to its explore, which does the work and reports
+        _ask_ahead(ctx, solver, "prepare", ctx, stage="prepare")
 
 
 def _runtime_optimal(
